@@ -1,0 +1,206 @@
+"""One config system: params.yaml read into typed objects, shared by the CLI, Dagster and DVC.
+
+``load_params("params.yaml", overrides=["model.variant=S", "finetune.epochs=3"])`` returns a
+:class:`Params`. Every section is a pydantic model that forbids unknown keys, so a typo in
+params.yaml is an error naming the key instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dualpose.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(Section):
+    """One data set: which adapter reads it, where its raw files are, adapter options.
+
+    ``files`` maps a logical name to a location (plain path, file://, http(s)://, s3://); an
+    optional ``sha256`` map verifies downloads. Licensed data sets have no default location: the
+    user points ``files`` at a copy they are entitled to use.
+    """
+
+    adapter: str
+    files: dict[str, str] = Field(default_factory=dict)
+    sha256: dict[str, str] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+
+
+class SplitConfig(Section):
+    """How training data is divided into train and validation (test comes from the source)."""
+
+    validation_subjects: list[str] = Field(default_factory=list)
+    validation_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # of videos, when no subjects are named
+    seed: int = 0
+
+
+class ClipConfig(Section):
+    length: int = Field(27, ge=1)  # T
+    train_stride: int | None = None  # default T // 3
+    test_stride: int | None = None  # default T
+    min_length: int = Field(1, ge=1)  # shorter videos are dropped; [min_length, T) resampled to T
+    splits: SplitConfig = Field(default_factory=SplitConfig)
+
+    def stride(self, split: str) -> int:
+        if split == "train":
+            return self.train_stride or max(1, self.length // 3)
+        return self.test_stride or self.length
+
+
+class MaskingConfig(Section):
+    """Masked 2D inputs for pretraining (paper-notes section 3)."""
+
+    probability: float = Field(0.7, ge=0.0, le=1.0)  # nominal per-joint span-start probability p
+    span: int = Field(3, ge=1)  # M consecutive joint indices
+    frame_ratio: float = Field(0.0, ge=0.0, lt=1.0)  # optional tube/frame masking
+    views: int = Field(3, ge=1)  # independent masks per clip
+    seed: int = 0
+
+
+class ModelConfig(Section):
+    variant: Literal["XS", "S", "B", "L"] = "XS"
+    overrides: dict[str, Any] = Field(default_factory=dict)  # e.g. {depth: 4, dim: 32}
+
+
+class OptimConfig(Section):
+    name: Literal["adamw", "adam"] = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    amsgrad: bool = False
+    lr_decay: float = 0.99  # per epoch
+    grad_clip: float | None = 1.0
+
+
+class PretrainConfig(Section):
+    epochs: int = 60
+    batch_size: int = 64
+    grad_accum: int = 1
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    top_k_blocks: int = 6  # K: targets average the last K teacher blocks
+    target_norm: Literal["instance", "layer"] = "instance"
+    ema_start: float = 0.999
+    ema_end: float = 0.9999
+    ema_ramp_fraction: float = 0.3  # of all optimiser steps
+    flip_probability: float = 0.5
+    collapse_variance: float = 1e-4  # target variance below this is a collapse
+    transductive_test_2d: bool = False
+    save_every_steps: int = 500
+    max_steps: int | None = None
+    num_workers: int = 0
+
+
+class LossWeights(Section):
+    mpjpe: float = 1.0
+    n_mpjpe: float = 0.5
+    velocity: float = 20.0
+
+
+class FinetuneConfig(Section):
+    epochs: int = 60
+    batch_size: int = 16
+    grad_accum: int = 1
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossWeights = Field(default_factory=LossWeights)
+    flip_probability: float = 0.5
+    label_fraction: float = Field(1.0, gt=0.0, le=1.0)  # of training videos with 3D labels
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    save_every_steps: int = 500
+    max_steps: int | None = None
+    num_workers: int = 0
+
+
+class EvaluateConfig(Section):
+    flip_tta: bool = True
+    batch_size: int = 32
+    pck_threshold_mm: float = 150.0
+    auc_max_mm: float = 150.0
+    auc_step_mm: float = 5.0
+    max_mpjpe_mm: float | None = None  # asset check: fail when worse
+    excluded_videos: list[str] = Field(default_factory=list)
+
+
+class StorageConfig(Section):
+    root: str = "artifacts"  # local folder or s3://bucket/prefix
+
+
+class Params(Section):
+    seed: int = 0
+    skeleton: str = "h36m17"
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
+    train_dataset: str = "synthetic"  # the data set that pretraining/finetuning/evaluation use
+    clips: ClipConfig = Field(default_factory=ClipConfig)
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _train_dataset_known(self) -> "Params":
+        if self.datasets and self.train_dataset not in self.datasets:
+            raise ValueError(
+                f"train_dataset {self.train_dataset!r} is not one of the datasets {sorted(self.datasets)}"
+            )
+        return self
+
+    def enabled_datasets(self) -> dict[str, DatasetConfig]:
+        return {k: v for k, v in self.datasets.items() if v.enabled}
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply ``key.sub=value`` overrides; values are parsed as YAML (``3``, ``true``, ``[a, b]``)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. finetune.epochs=3")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return data
+
+
+def params_from_dict(data: dict, source: str = "<dict>") -> Params:
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError(f"{source}: invalid parameters:\n" + "\n".join(lines)) from None
+
+
+def load_params(path: str | os.PathLike = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read params.yaml (or start from defaults if ``path`` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: parameters file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    apply_overrides(data, overrides)
+    return params_from_dict(data, str(path))

@@ -1,0 +1,1 @@
+"""Input/output helpers: atomic writes, downloads, restricted unpickling."""
