@@ -1,0 +1,252 @@
+"""The training loop shared by pretraining and finetuning (nanoGPT-style: one readable loop).
+
+One code path for 1 CPU process, N CPU processes (gloo), 1..N GPUs and N nodes: Accelerate
+wraps the model and optimiser; the launcher (``accelerate launch`` / ``torchrun``) decides the
+process count and mixed precision, never this code.
+
+Determinism: the clip order of epoch ``e`` is a permutation seeded by (seed, e), augmentation is
+seeded by (seed, step), so a run resumed from a checkpoint replays exactly what an uninterrupted
+run would have done (bit-exact in fp32 on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dualpose.config import OptimConfig
+from dualpose.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class LoopSettings:
+    epochs: int
+    batch_size: int  # per process
+    grad_accum: int
+    save_every_steps: int
+    seed: int
+    run_dir: Path  # checkpoints/ and tb/ go here
+    max_steps: int | None = None
+    grad_clip: float | None = 1.0
+    resume: bool = True
+    progress: bool = True
+    desc: str = "train"
+
+
+@dataclass
+class LoopState:
+    """Counters that travel in checkpoints (JSON-serialisable)."""
+
+    step: int = 0  # optimiser steps done
+    best: float = math.inf
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "best": self.best, "best_epoch": self.best_epoch, "history": self.history}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LoopState":
+        return cls(step=data["step"], best=data["best"], best_epoch=data["best_epoch"], history=data["history"])
+
+
+def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
+
+
+def epoch_decay_scheduler(optimizer, decay: float, steps_per_epoch: int):
+    """lr x ``decay`` once per epoch, stepped per optimiser step (exact on resume)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** (step // max(1, steps_per_epoch)))
+
+
+def epoch_order(num_items: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 0xC11B]).permutation(num_items)
+
+
+def rank_batches(num_items: int, batch_size: int, num_processes: int, rank: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """This rank's micro-batches (item indices) for one epoch; every rank gets the same count.
+
+    Global batches of ``batch_size * num_processes`` items are cut from the epoch's permutation
+    (the incomplete tail is dropped; a data set smaller than one global batch wraps around).
+    """
+    order = epoch_order(num_items, seed, epoch)
+    global_bs = batch_size * num_processes
+    if num_items < global_bs:
+        order = np.resize(order, global_bs)
+    n_batches = len(order) // global_bs
+    batches = order[: n_batches * global_bs].reshape(n_batches, num_processes, batch_size)
+    return [b[rank] for b in batches]
+
+
+class Trainer:
+    """Runs ``loss_fn`` over epochs of micro-batches with checkpoints, logs and resume.
+
+    - ``make_batch(indices, step) -> dict`` gathers one micro-batch (augmentation seeded by step);
+    - ``loss_fn(batch, step) -> (loss, logs)``;
+    - ``after_step(step)`` runs after every optimiser step (EMA teacher update);
+    - ``validate(epoch) -> dict | None``: metrics; ``"selection"`` (lower is better) picks the best;
+    - ``on_best(epoch, metrics)`` saves the best weights; ``callbacks`` receive every log record.
+    """
+
+    def __init__(
+        self,
+        accelerator,
+        settings: LoopSettings,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        num_items: int,
+        make_batch: Callable[[np.ndarray, int], dict],
+        loss_fn: Callable[[dict, int], tuple[torch.Tensor, dict[str, float]]],
+        lr_decay: float,
+        checkpoint_modules: dict[str, nn.Module] | None = None,
+        after_step: Callable[[int], dict[str, float] | None] | None = None,
+        validate: Callable[[int], dict[str, float] | None] | None = None,
+        on_best: Callable[[int, dict], None] | None = None,
+        callbacks: list[Callable[[dict], None]] | None = None,
+    ):
+        self.acc = accelerator
+        self.s = settings
+        self.model = model
+        self.optimizer = optimizer
+        self.num_items = num_items
+        self.make_batch = make_batch
+        self.loss_fn = loss_fn
+        self.after_step = after_step
+        self.validate = validate
+        self.on_best = on_best
+        self.callbacks = callbacks or []
+        self.micro_per_epoch = len(rank_batches(num_items, settings.batch_size, accelerator.num_processes,
+                                                accelerator.process_index, settings.seed, 0))
+        self.steps_per_epoch = max(1, self.micro_per_epoch // settings.grad_accum)
+        self.total_steps = self.steps_per_epoch * settings.epochs
+        if settings.max_steps is not None:
+            self.total_steps = min(self.total_steps, settings.max_steps)
+        self.scheduler = epoch_decay_scheduler(optimizer, lr_decay, self.steps_per_epoch)
+        self.checkpoint_modules = checkpoint_modules or {"model": accelerator.unwrap_model(model)}
+        self.state = LoopState()
+        self.ckpt_dir = settings.run_dir / "checkpoints"
+        self.writer = None
+
+    # ------------------------------------------------------------------ helpers
+    def _log(self, record: dict) -> None:
+        record = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in record.items()}
+        self.state.history.append(record)
+        if self.acc.is_main_process:
+            if self.writer is not None:
+                for key, value in record.items():
+                    if key not in ("step", "epoch", "kind") and isinstance(value, (int, float)):
+                        self.writer.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record["step"])
+            for cb in self.callbacks:
+                cb(record)
+
+    def save(self) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            save_checkpoint(self.ckpt_dir, self.state.step, self.checkpoint_modules, self.optimizer,
+                            self.scheduler, {"loop": self.state.as_dict()})
+        self.acc.wait_for_everyone()
+
+    def _resume(self) -> None:
+        if not self.s.resume:
+            return
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            return
+        state = load_checkpoint(path, self.checkpoint_modules, self.optimizer, self.scheduler)
+        self.state = LoopState.from_dict(state["extra"]["loop"])
+        self.acc.print(f"resumed from {path} at step {self.state.step}")
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self) -> LoopState:
+        from tqdm.auto import tqdm
+
+        self._resume()
+        if self.acc.is_main_process:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.s.run_dir / "tb"))
+        start_step = self.state.step
+        bar = tqdm(total=self.total_steps, initial=start_step, desc=self.s.desc, unit="step", dynamic_ncols=True,
+                   disable=not (self.s.progress and self.acc.is_main_process))
+        seqs_per_step = self.s.batch_size * self.s.grad_accum * self.acc.num_processes
+        t0, steps_timed = time.perf_counter(), 0
+        start_epoch = self.state.step // self.steps_per_epoch
+        epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.model.train()
+        for epoch in range(start_epoch, epochs):
+            batches = rank_batches(self.num_items, self.s.batch_size, self.acc.num_processes,
+                                   self.acc.process_index, self.s.seed, epoch)
+            batches = batches[: self.steps_per_epoch * self.s.grad_accum]
+            skip = (self.state.step - epoch * self.steps_per_epoch) * self.s.grad_accum
+            for micro, indices in enumerate(batches[skip:], start=skip):
+                batch = self.make_batch(indices, self.state.step * self.s.grad_accum + micro % self.s.grad_accum)
+                with self.acc.accumulate(self.model):
+                    with self.acc.autocast():
+                        loss, logs = self.loss_fn(batch, self.state.step)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"{self.s.desc}: loss is {float(loss)} at step {self.state.step}")
+                    self.acc.backward(loss)
+                    if self.acc.sync_gradients and self.s.grad_clip:
+                        self.acc.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
+                    self.optimizer.step()
+                    self.scheduler.step() if self.acc.sync_gradients else None
+                    self.optimizer.zero_grad(set_to_none=True)
+                if not self.acc.sync_gradients:
+                    continue
+                self.state.step += 1
+                steps_timed += 1
+                extra = self.after_step(self.state.step) if self.after_step else None
+                record = {"kind": "train", "step": self.state.step, "epoch": epoch, "loss": float(loss.detach()),
+                          "lr": self.scheduler.get_last_lr()[0], **logs, **(extra or {})}
+                if self.state.step % max(1, self.steps_per_epoch // 10) == 0 or self.state.step == 1:
+                    record["seq_per_s"] = seqs_per_step * steps_timed / max(time.perf_counter() - t0, 1e-9)
+                    self._log(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", ep=epoch)
+                finished = self.state.step >= self.total_steps
+                if finished or self.state.step % self.steps_per_epoch == 0:
+                    self._end_of_epoch(epoch)  # before any checkpoint, so a resume never skips it
+                if self.state.step % self.s.save_every_steps == 0 and not finished:
+                    self.save()
+                if finished:
+                    break
+            if self.state.step >= self.total_steps:
+                break
+        bar.close()
+        self.save()
+        if self.writer is not None:
+            self.writer.close()
+        return self.state
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        if self.validate is None:
+            return
+        metrics = self.validate(epoch)
+        self.model.train()
+        if not metrics:
+            return
+        self._log({"kind": "validation", "step": self.state.step, "epoch": epoch, **metrics})
+        selection = metrics.get("selection")
+        if selection is not None and selection < self.state.best:
+            self.state.best, self.state.best_epoch = float(selection), epoch
+            if self.on_best is not None:
+                self.on_best(epoch, metrics)
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    """Training history as JSON lines' sibling: one JSON list, for DVC plots and Dagster metadata."""
+    from dualpose.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(history, indent=0))
