@@ -1,0 +1,182 @@
+"""The ``dualpose`` command line: what DVC stages and Dagster assets call.
+
+Every command reads params.yaml (``--params``) and accepts ``-o key.sub=value`` overrides.
+Training commands run in the current process; start them under ``accelerate launch`` (or
+``torchrun``) for several processes or GPUs: ``accelerate launch -m dualpose.cli finetune``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dualpose.errors import DualPoseError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="DualPose: 3D human pose lifting with CRL pretraining.")
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="Parameters file (params.yaml).")
+OverrideOpt = typer.Option(None, "--override", "-o", help="Override a parameter: -o finetune.epochs=3 (repeatable).")
+
+
+def _context(params_path: Path, overrides: list[str] | None):
+    from dualpose.config import load_params
+    from dualpose.layout import Layout
+
+    params = load_params(params_path, overrides)
+    base = params_path.resolve().parent
+    return params, Layout.from_root(params.storage.root, base=base), base
+
+
+def _run(fn):
+    """Run a command body; print library errors plainly (no traceback) and exit 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return fn()
+    except (DualPoseError, FileNotFoundError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _datasets(params, names: list[str] | None) -> list[str]:
+    return list(names) if names else list(params.enabled_datasets())
+
+
+@app.command()
+def prepare(datasets: Optional[list[str]] = typer.Argument(None, help="Data sets (default: every enabled one)."),
+            params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt):
+    """Download (if needed) and convert data sets into Parquet keypoint tables."""
+    def body():
+        from dualpose.data.prepare import prepare_dataset
+
+        params, layout, base = _context(params_path, overrides)
+        for name in _datasets(params, datasets):
+            result = prepare_dataset(params, name, layout, base)
+            typer.echo(f"{name}: {result.rows} frames in {len(result.parts)} tables, {result.videos} videos "
+                       f"({', '.join(f'{k} {v}' for k, v in result.splits.items())}) -> {result.folder}")
+    _run(body)
+
+
+@app.command()
+def clips(datasets: Optional[list[str]] = typer.Argument(None), params_path: Path = ParamsOpt,
+          overrides: Optional[list[str]] = OverrideOpt):
+    """Build the clip index (windows of T frames, train/validation/test splits)."""
+    def body():
+        from dualpose.stages import build_clips
+
+        params, layout, _ = _context(params_path, overrides)
+        for name in _datasets(params, datasets):
+            summary = build_clips(params, layout, name)
+            typer.echo(f"{name}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    _run(body)
+
+
+@app.command()
+def mask(datasets: Optional[list[str]] = typer.Argument(None), params_path: Path = ParamsOpt,
+         overrides: Optional[list[str]] = OverrideOpt):
+    """Generate the masked 2D inputs that pretraining consumes."""
+    def body():
+        from dualpose.stages import build_masks
+
+        params, layout, _ = _context(params_path, overrides)
+        for name in _datasets(params, datasets):
+            summary = build_masks(params, layout, name)
+            typer.echo(f"{name}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    _run(body)
+
+
+@app.command()
+def pretrain(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt,
+             fresh: bool = typer.Option(False, help="Ignore existing checkpoints and start over.")):
+    """CRL pretraining on masked 2D inputs (EMA teacher self-distillation)."""
+    def body():
+        from dualpose.train.pretrain import run_pretraining
+
+        params, layout, _ = _context(params_path, overrides)
+        result = run_pretraining(params, layout, resume=not fresh)
+        typer.echo(json.dumps(result, indent=1))
+    _run(body)
+
+
+@app.command()
+def finetune(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt,
+             fresh: bool = typer.Option(False, help="Ignore existing checkpoints and start over.")):
+    """Supervised 3D lifting, from the pretrained backbone or from scratch (finetune.init)."""
+    def body():
+        from dualpose.train.finetune import run_finetuning
+
+        params, layout, _ = _context(params_path, overrides)
+        result = run_finetuning(params, layout, resume=not fresh)
+        typer.echo(json.dumps(result, indent=1))
+    _run(body)
+
+
+@app.command()
+def evaluate(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt,
+             weights: str = typer.Option("best", help="Finetuned weights to evaluate: best or last, or a folder."),
+             split: str = typer.Option("test", help="Split to evaluate (test or validation).")):
+    """Evaluate the finetuned lifter: P1, P2, N-MPJPE, MPJVE, accel, per action/joint, PCK/AUC."""
+    def body():
+        from dualpose.eval.evaluate import run_evaluation
+
+        params, layout, _ = _context(params_path, overrides)
+        result = run_evaluation(params, layout, weights=weights, split=split)
+        typer.echo(json.dumps(result["summary"], indent=1))
+    _run(body)
+
+
+@app.command("run")
+def run_all(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt):
+    """Everything end to end: prepare -> clips -> mask -> pretrain -> finetune -> evaluate."""
+    def body():
+        from dualpose.data.prepare import prepare_dataset
+        from dualpose.eval.evaluate import run_evaluation
+        from dualpose.stages import build_clips, build_masks
+        from dualpose.train.finetune import run_finetuning
+        from dualpose.train.pretrain import run_pretraining
+
+        params, layout, base = _context(params_path, overrides)
+        name = params.train_dataset
+        typer.secho(f"[1/6] prepare {name}", bold=True)
+        prepared = prepare_dataset(params, name, layout, base)
+        typer.echo(f"  {prepared.rows} frames, {prepared.videos} videos -> {prepared.folder}")
+        typer.secho("[2/6] clips", bold=True)
+        typer.echo(f"  {build_clips(params, layout, name)}")
+        typer.secho("[3/6] masked 2D inputs", bold=True)
+        typer.echo(f"  {build_masks(params, layout, name)}")
+        typer.secho("[4/6] CRL pretraining", bold=True)
+        run_pretraining(params, layout, resume=False)
+        typer.secho("[5/6] finetuning", bold=True)
+        run_finetuning(params, layout, resume=False)
+        typer.secho("[6/6] evaluation", bold=True)
+        result = run_evaluation(params, layout)
+        typer.echo(f"  report: {result['report']}")
+        typer.echo(json.dumps(result["summary"], indent=1))
+    _run(body)
+
+
+@app.command("model-info")
+def model_info(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+               variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="Only these variants.")):
+    """Parameters and multiply-accumulates per clip and per frame, for every model variant."""
+    def body():
+        from dualpose.model.info import format_model_info
+        from dualpose.model.info import model_info as info
+
+        rows = info(variant or None)
+        typer.echo(json.dumps(rows, indent=1) if as_json else format_model_info(rows))
+    _run(body)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # ``accelerate launch -m dualpose.cli ...``
+    sys.exit(app())
