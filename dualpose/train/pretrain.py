@@ -1,0 +1,133 @@
+"""The ``pretrain`` stage: CRL on the masked 2D inputs of the training split.
+
+Artefacts (``<root>/models/pretrain``): ``model.safetensors`` + ``config.json`` (the student
+backbone, which finetuning loads), ``metrics.json`` and ``history.json``. Resumable checkpoints
+and TensorBoard logs go to ``<root>/runs/pretrain``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from dualpose.codec import PoseCodec
+from dualpose.config import Params
+from dualpose.data.masking import read_masked_table
+from dualpose.layout import Layout
+from dualpose.model.backbone import DualPoseBackbone
+from dualpose.model.config import spec_from_params
+from dualpose.model.weights import save_weights
+from dualpose.skeleton import get_skeleton
+from dualpose.train.crl import CRLModel
+from dualpose.train.ema import ema_decay
+from dualpose.train.feeds import ClipSet, EncodedTable, flip_draw
+from dualpose.train.loop import LoopSettings, Trainer, build_optimizer, write_history
+from dualpose.train.runtime import make_accelerator, progress_enabled, seed_everything, write_json
+from dualpose.data.clips import load_clip_index
+
+log = logging.getLogger(__name__)
+
+
+class CollapseError(RuntimeError):
+    """The teacher's targets lost their variance: the representation collapsed."""
+
+
+def run_pretraining(params: Params, layout: Layout, resume: bool = True,
+                    callbacks: list[Callable[[dict], None]] | None = None) -> dict:
+    cfg = params.pretrain
+    dataset = params.train_dataset
+    skeleton = get_skeleton(params.skeleton)
+    seed_everything(params.seed)
+    acc = make_accelerator(cfg.grad_accum)
+
+    codec = PoseCodec(skeleton)
+    table = EncodedTable.load(layout, dataset, codec)
+    index = load_clip_index(layout.clips(dataset), table.arrays)
+    splits = ["train"] + (["test"] if cfg.transductive_test_2d else [])
+    clip_sets = [ClipSet(table, index, s) for s in splits]
+    masked = read_masked_table(layout.masked(dataset))
+    views = masked.views
+    clip_ids = np.concatenate([cs.index.clip_id for cs in clip_sets])
+    rows = torch.cat([cs.rows for cs in clip_sets])
+    num_items = len(clip_ids) * views
+
+    spec = spec_from_params(params, skeleton)
+    backbone = DualPoseBackbone(spec)
+    crl = CRLModel(backbone, cfg.top_k_blocks, cfg.target_norm)
+    optimizer = build_optimizer(crl.trainable_parameters(), cfg.optim)
+    model, optimizer = acc.prepare(crl, optimizer)
+    raw = acc.unwrap_model(model)
+    perm = torch.as_tensor(skeleton.flip_permutation)
+
+    def make_batch(items: np.ndarray, micro_step: int) -> dict:
+        clip_pos, view = items // views, items % views
+        x = table.inputs[rows[torch.as_tensor(clip_pos)]]
+        mask = torch.from_numpy(masked.for_clips(clip_ids[clip_pos], view))
+        flip = flip_draw(params.seed, micro_step * acc.num_processes + acc.process_index, len(items),
+                         cfg.flip_probability)
+        from dualpose.train.feeds import flip_batch
+
+        x = flip_batch(x, flip, perm)
+        return {"input": x.to(acc.device), "mask": mask.to(acc.device)}
+
+    def loss_fn(batch: dict, step: int):
+        return model(batch["input"], batch["mask"])
+
+    settings = LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                            save_every_steps=cfg.save_every_steps, seed=params.seed,
+                            run_dir=layout.run_dir("pretrain"), max_steps=cfg.max_steps,
+                            grad_clip=cfg.optim.grad_clip, resume=resume, progress=progress_enabled(),
+                            desc="pretrain")
+    trainer: Trainer | None = None
+    collapse = {"low": 0}
+
+    def after_step(step: int) -> dict:
+        decay = ema_decay(step, trainer.total_steps, cfg.ema_start, cfg.ema_end, cfg.ema_ramp_fraction)
+        raw.teacher.update(raw.student, decay)
+        return {"ema_decay": decay}
+
+    def watch(record: dict) -> None:
+        if record.get("kind") != "train":
+            return
+        var = record.get("target_var")
+        if var is None:
+            return
+        collapse["low"] = collapse["low"] + 1 if var < cfg.collapse_variance else 0
+        if collapse["low"] >= 3:
+            raise CollapseError(
+                f"pretraining collapsed: teacher target variance {var:.3g} < {cfg.collapse_variance:g} for "
+                f"{collapse['low']} logged steps (step {record['step']}). Check the EMA schedule "
+                f"(pretrain.ema_start/ema_end), the learning rate and pretrain.target_norm."
+            )
+        if var < 10 * cfg.collapse_variance:
+            log.warning("target variance %.3g is approaching collapse (threshold %.3g) at step %d",
+                        var, cfg.collapse_variance, record["step"])
+
+    trainer = Trainer(acc, settings, model, optimizer, num_items, make_batch, loss_fn, cfg.optim.lr_decay,
+                      checkpoint_modules={"crl": raw}, after_step=after_step,
+                      callbacks=[watch, *(callbacks or [])])
+    if acc.is_main_process:
+        log.info("pretraining %s on %d clips x %d views (%d steps, %d processes)", params.model.variant,
+                 len(clip_ids), views, trainer.total_steps, acc.num_processes)
+    state = trainer.fit()
+
+    out = layout.model("pretrain")
+    train_records = [r for r in state.history if r["kind"] == "train"]
+    metrics = {
+        "steps": state.step,
+        "final_loss": train_records[-1]["loss"] if train_records else math.nan,
+        "final_target_var": train_records[-1].get("target_var", math.nan) if train_records else math.nan,
+        "clips": int(len(clip_ids)),
+        "views": int(views),
+        "processes": acc.num_processes,
+    }
+    if acc.is_main_process:
+        save_weights(raw.student, spec, out)
+        write_json(out / "metrics.json", metrics)
+        write_history(state.history, out / "history.json")
+    acc.wait_for_everyone()
+    return metrics
