@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dualpose.codec import PoseCodec
-from dualpose.data.clips import ClipIndex, load_clip_index
+from dualpose.data.clips import ClipIndex
 from dualpose.data.schema import KeypointArrays, read_keypoint_table
 from dualpose.layout import Layout
 
@@ -99,5 +99,5 @@ class ClipSet:
 def load_clip_set(layout: Layout, dataset: str, split: str, codec: PoseCodec,
                   table: EncodedTable | None = None) -> ClipSet:
     table = table or EncodedTable.load(layout, dataset, codec)
-    index = load_clip_index(layout.clips(dataset), table.arrays)
+    index = ClipIndex.load(layout.clips(dataset), tables=table.arrays)
     return ClipSet(table, index, split)

@@ -16,7 +16,7 @@ import torch
 
 from dualpose.codec import PoseCodec
 from dualpose.config import Params
-from dualpose.data.clips import load_clip_index
+from dualpose.data.clips import ClipIndex
 from dualpose.errors import ConfigError
 from dualpose.layout import Layout
 from dualpose.model.backbone import DualPoseLifter
@@ -76,7 +76,7 @@ def run_finetuning(params: Params, layout: Layout, resume: bool = True,
     table = EncodedTable.load(layout, dataset, codec)
     if table.targets is None:
         raise ConfigError(f"data set {dataset!r} has no 3D keypoints: finetuning needs 3D labels")
-    index = load_clip_index(layout.clips(dataset), table.arrays)
+    index = ClipIndex.load(layout.clips(dataset), tables=table.arrays)
     train = ClipSet(table, index, "train")
     if cfg.label_fraction < 1.0:
         train = ClipSet(table, index, "train", clip_subset=label_subset(train, cfg.label_fraction, params.seed))

@@ -27,7 +27,7 @@ from dualpose.train.ema import ema_decay
 from dualpose.train.feeds import ClipSet, EncodedTable, flip_draw
 from dualpose.train.loop import LoopSettings, Trainer, build_optimizer, write_history
 from dualpose.train.runtime import make_accelerator, progress_enabled, seed_everything, write_json
-from dualpose.data.clips import load_clip_index
+from dualpose.data.clips import ClipIndex
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def run_pretraining(params: Params, layout: Layout, resume: bool = True,
 
     codec = PoseCodec(skeleton)
     table = EncodedTable.load(layout, dataset, codec)
-    index = load_clip_index(layout.clips(dataset), table.arrays)
+    index = ClipIndex.load(layout.clips(dataset), tables=table.arrays)
     splits = ["train"] + (["test"] if cfg.transductive_test_2d else [])
     clip_sets = [ClipSet(table, index, s) for s in splits]
     masked = read_masked_table(layout.masked(dataset))

@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pytest
+
+from dualpose.config import load_params
+from dualpose.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_load():
+    params = load_params(ROOT / "params.yaml")
+    assert params.train_dataset == "synthetic"
+    assert "synthetic" in params.enabled_datasets()
+    assert params.clips.stride("train") == params.clips.length // 3
+    assert params.clips.stride("test") == params.clips.length
+    assert params.finetune.loss.velocity == 20.0
+
+
+def test_overrides_are_parsed_as_yaml(tmp_path):
+    params = load_params(ROOT / "params.yaml", ["finetune.epochs=3", "model.overrides={depth: 2, dim: 32}",
+                                                 "clips.splits.validation_subjects=[S1, S2]"])
+    assert params.finetune.epochs == 3
+    assert params.model.overrides == {"depth": 2, "dim": 32}
+    assert params.clips.splits.validation_subjects == ["S1", "S2"]
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("finetune:\n  epocs: 3\n")
+    with pytest.raises(ConfigError, match=r"finetune\.epocs: Extra inputs are not permitted"):
+        load_params(p)
+
+
+def test_bad_values_and_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+    p = tmp_path / "params.yaml"
+    p.write_text("clips:\n  length: 0\n")
+    with pytest.raises(ConfigError, match=r"clips\.length"):
+        load_params(p)
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_params(ROOT / "params.yaml", ["finetune.epochs"])
+    p.write_text("datasets:\n  a: {adapter: synthetic}\ntrain_dataset: b\n")
+    with pytest.raises(ConfigError, match="train_dataset 'b' is not one of the datasets"):
+        load_params(p)
