@@ -117,10 +117,14 @@ def load_checkpoint(
     state = json.loads((path / "state.json").read_text())
     for prefix, module in modules.items():
         sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
-        missing, unexpected = module.load_state_dict(sub, strict=False)
-        if missing or unexpected:
+        own = module.state_dict()
+        missing = sorted(set(own) - set(sub))
+        unexpected = sorted(set(sub) - set(own))
+        reshaped = sorted(k for k in set(own) & set(sub) if own[k].shape != sub[k].shape)
+        if missing or unexpected or reshaped:
             raise KeyError(f"{path}: checkpoint does not match module {prefix!r}: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
+                           f"unexpected {unexpected[:5]}, different shapes {reshaped[:5]}")
+        module.load_state_dict(sub)
     if optimizer is not None:
         _restore_optimizer(optimizer, tensors, state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:

@@ -23,7 +23,7 @@ class EMATeacher(nn.Module):
         super().__init__()
         self.module = copy.deepcopy(student)
         self.module.requires_grad_(False)
-        self.module.eval()
+        self.train(False)
 
     @torch.no_grad()
     def update(self, student: nn.Module, decay: float) -> None:

@@ -115,6 +115,9 @@ class Trainer:
         on_best: Callable[[int, dict], None] | None = None,
         callbacks: list[Callable[[dict], None]] | None = None,
     ):
+        if accelerator.gradient_accumulation_steps != settings.grad_accum:
+            raise ValueError(f"the Accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches "
+                             f"but the stage asks for {settings.grad_accum}")
         self.acc = accelerator
         self.s = settings
         self.model = model

@@ -1,0 +1,114 @@
+"""The shared training loop: deterministic batches, checkpoints without pickles, exact resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+
+from dualpose.config import OptimConfig
+from dualpose.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from dualpose.train.ema import EMATeacher, ema_decay
+from dualpose.train.loop import LoopSettings, Trainer, build_optimizer, rank_batches
+
+
+def test_rank_batches_partition_each_global_batch():
+    a = rank_batches(10, 2, 2, 0, seed=1, epoch=0)
+    b = rank_batches(10, 2, 2, 1, seed=1, epoch=0)
+    assert len(a) == len(b) == 2  # 10 // 4, tail dropped
+    both = np.concatenate([np.concatenate([x, y]) for x, y in zip(a, b)])
+    assert len(set(both.tolist())) == 8
+    assert not np.array_equal(np.concatenate(rank_batches(10, 2, 1, 0, 1, 0)),
+                              np.concatenate(rank_batches(10, 2, 1, 0, 1, 1)))  # epochs differ
+    # smaller than one global batch: wraps around, still one batch
+    assert [len(x) for x in rank_batches(3, 4, 1, 0, 0, 0)] == [4]
+
+
+def test_ema_schedule_and_update():
+    assert ema_decay(0, 100, 0.999, 0.9999, 0.3) == 0.999
+    assert ema_decay(15, 100, 0.999, 0.9999, 0.3) == pytest.approx(0.99945)
+    assert ema_decay(30, 100, 0.999, 0.9999, 0.3) == 0.9999
+    student = torch.nn.Linear(2, 2)
+    teacher = EMATeacher(student)
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    before = teacher.module.weight.clone()
+    teacher.update(student, 0.9)
+    torch.testing.assert_close(teacher.module.weight, 0.9 * before + 0.1 * student.weight)
+    assert not teacher.module.weight.requires_grad and not teacher.training
+
+
+def _toy(tmp_path, stop_at=None, resume=True):
+    torch.manual_seed(0)
+    acc = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt = build_optimizer(model.parameters(), OptimConfig(lr=1e-2))
+    model, opt = acc.prepare(model, opt)
+    data = torch.randn(40, 4, generator=torch.Generator().manual_seed(3))
+    target = data.sum(1, keepdim=True)
+
+    def make_batch(idx, step):
+        noise = torch.randn(len(idx), 4, generator=torch.Generator().manual_seed(step)) * 0.01
+        return {"x": data[idx] + noise, "y": target[idx]}
+
+    def loss_fn(batch, step):
+        loss = torch.nn.functional.mse_loss(model(batch["x"]), batch["y"])
+        return loss, {}
+
+    def validate(epoch):
+        with torch.no_grad():
+            v = float(torch.nn.functional.mse_loss(model(data), target))
+        return {"val": v, "selection": v}
+
+    def stopper(record):
+        if stop_at is not None and record["step"] >= stop_at:
+            raise KeyboardInterrupt
+
+    settings = LoopSettings(epochs=3, batch_size=4, grad_accum=2, save_every_steps=2, seed=0,
+                            run_dir=tmp_path, resume=resume, progress=False)
+    trainer = Trainer(acc, settings, model, opt, 40, make_batch, loss_fn, 0.9, validate=validate,
+                      callbacks=[stopper])
+    return trainer, acc.unwrap_model(model)
+
+
+def test_resume_is_exact(tmp_path):
+    full, full_model = _toy(tmp_path / "full")
+    state = full.fit()
+    assert state.step == 15  # 40 / 4 = 10 micro-batches -> 5 steps per epoch, 3 epochs
+    assert [r["epoch"] for r in state.history if r["kind"] == "validation"] == [0, 1, 2]
+
+    interrupted, _ = _toy(tmp_path / "cut", stop_at=7)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    assert latest_checkpoint(tmp_path / "cut" / "checkpoints").name == "step-00000006"
+    resumed, resumed_model = _toy(tmp_path / "cut")
+    state2 = resumed.fit()
+    for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+    def strip(history):  # throughput is a timing, not a result
+        return [{k: v for k, v in r.items() if k != "seq_per_s"} for r in history]
+
+    assert state2.best == state.best and strip(state2.history) == strip(state.history)
+
+
+def test_checkpoints_are_safetensors_and_json_and_pruned(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, {"m": model}, opt, None, {"note": step}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]
+    ckpt = latest_checkpoint(tmp_path)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["state.json", "tensors.safetensors"]
+    assert json.loads((ckpt / "state.json").read_text())["extra"] == {"note": 4}
+    model2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=0.5)
+    load_checkpoint(ckpt, {"m": model2}, opt2)
+    assert torch.equal(model.weight, model2.weight)
+    assert opt2.param_groups[0]["lr"] == 0.1
+    s1, s2 = opt.state_dict()["state"][0], opt2.state_dict()["state"][0]
+    assert torch.equal(s1["exp_avg"], s2["exp_avg"]) and float(s1["step"]) == float(s2["step"])
+    with pytest.raises(KeyError, match="does not match module 'm'"):
+        load_checkpoint(ckpt, {"m": torch.nn.Linear(3, 3)})
