@@ -2,7 +2,9 @@
 
 Conventions: world and camera coordinates in millimetres; the camera frame has x right, y down,
 z forward (OpenCV); ``R`` and ``t`` map world to camera: ``X_cam = R @ X_world + t``.
-Distortion follows Human3.6M / OpenCV: radial k1, k2, k3 and tangential p1, p2.
+Distortion follows OpenCV's Brown-Conrady model: radial k1, k2, k3 and tangential p1, p2.
+(Human3.6M's own projection code uses slightly different tangential terms; its cameras are
+projected with :func:`dualpose.data.h36m_cameras.project`.)
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class Camera:
         """
         eye = np.asarray(eye, dtype=np.float64)
         forward = np.asarray(target, dtype=np.float64) - eye
+        if np.linalg.norm(forward) < 1e-8:
+            raise ValueError("look_at: eye and target coincide")
         forward /= np.linalg.norm(forward)
         up = np.asarray(up, dtype=np.float64)
         right = np.cross(forward, up)
@@ -68,8 +72,12 @@ class Camera:
     @classmethod
     def from_vectors(cls, intrinsics: np.ndarray, rotation: np.ndarray, translation: np.ndarray,
                      width: int, height: int, name: str = "") -> "Camera":
-        """From the keypoint table's ``cam_intrinsics`` (9,), ``cam_rotation`` (9,) and ``cam_translation`` (3,)."""
-        fx, fy, cx, cy, k1, k2, k3, p1, p2 = (float(v) for v in np.asarray(intrinsics).reshape(9))
+        """From the keypoint table's ``cam_intrinsics`` (9,), ``cam_rotation`` (9,) and ``cam_translation`` (3,).
+
+        Unknown (NaN) distortion coefficients are read as 0 (no distortion).
+        """
+        fx, fy, cx, cy, *dist = (float(v) for v in np.asarray(intrinsics).reshape(9))
+        k1, k2, k3, p1, p2 = (0.0 if np.isnan(v) else v for v in dist)
         return cls(fx=fx, fy=fy, cx=cx, cy=cy, width=int(width), height=int(height),
                    R=np.asarray(rotation, dtype=np.float64).reshape(3, 3),
                    t=np.asarray(translation, dtype=np.float64).reshape(3),
