@@ -87,7 +87,7 @@ def run_finetuning(params: Params, layout: Layout, resume: bool = True,
     source = "scratch"
     if cfg.init == "pretrained":
         pretrained = layout.model("pretrain")
-        load_backbone_from(lifter, pretrained)
+        load_backbone_from(pretrained, lifter)
         source = str(pretrained)
     optimizer = build_optimizer(lifter.parameters(), cfg.optim)
     model, optimizer = acc.prepare(lifter, optimizer)
@@ -110,7 +110,8 @@ def run_finetuning(params: Params, layout: Layout, resume: bool = True,
 
     def on_best(epoch: int, metrics: dict) -> None:
         if acc.is_main_process:
-            save_weights(raw, spec, out / "best", extra={"epoch": epoch, **metrics})
+            save_weights(raw, spec, out / "best")
+            write_json(out / "best" / "metrics.json", {"epoch": epoch, **metrics})
 
     settings = LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                             save_every_steps=cfg.save_every_steps, seed=params.seed,
@@ -138,7 +139,7 @@ def run_finetuning(params: Params, layout: Layout, resume: bool = True,
         "processes": acc.num_processes,
     }
     if acc.is_main_process:
-        save_weights(raw, spec, out / "last", extra=metrics)
+        save_weights(raw, spec, out / "last")
         write_json(out / "metrics.json", metrics)
         write_history(state.history, out / "history.json")
     acc.wait_for_everyone()

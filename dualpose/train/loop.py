@@ -248,8 +248,15 @@ class Trainer:
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    """Training history as JSON lines' sibling: one JSON list, for DVC plots and Dagster metadata."""
+    """The whole history as one JSON list, plus ``<stem>-<kind>.json`` per record kind
+    (``history-train.json``, ``history-validation.json``) for DVC plots and Dagster metadata."""
     from dualpose.io.atomic import atomic_path
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(history, indent=0))
+    path = Path(path)
+    kinds = {"train": [], "validation": []}
+    for record in history:
+        kinds.setdefault(record.get("kind", "train"), []).append(record)
+    outputs = {path: history, **{path.with_name(f"{path.stem}-{k}.json"): v for k, v in kinds.items()}}
+    for target, records in outputs.items():
+        with atomic_path(target) as tmp:
+            tmp.write_text(json.dumps(records, indent=0))

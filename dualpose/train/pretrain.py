@@ -49,14 +49,15 @@ def run_pretraining(params: Params, layout: Layout, resume: bool = True,
     index = ClipIndex.load(layout.clips(dataset), tables=table.arrays)
     splits = ["train"] + (["test"] if cfg.transductive_test_2d else [])
     clip_sets = [ClipSet(table, index, s) for s in splits]
-    masked = read_masked_table(layout.masked(dataset))
-    views = masked.views
+    masked = read_masked_table(layout.masked(dataset), T=params.clips.length, num_joints=skeleton.num_joints,
+                               cfg=params.masking)
+    views = masked.cfg.views
     clip_ids = np.concatenate([cs.index.clip_id for cs in clip_sets])
     rows = torch.cat([cs.rows for cs in clip_sets])
     num_items = len(clip_ids) * views
 
     spec = spec_from_params(params, skeleton)
-    backbone = DualPoseBackbone(spec)
+    backbone = DualPoseBackbone(spec, skeleton, with_mask_token=True)
     crl = CRLModel(backbone, cfg.top_k_blocks, cfg.target_norm)
     optimizer = build_optimizer(crl.trainable_parameters(), cfg.optim)
     model, optimizer = acc.prepare(crl, optimizer)
