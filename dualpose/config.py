@@ -122,10 +122,16 @@ class FinetuneConfig(Section):
 class EvaluateConfig(Section):
     flip_tta: bool = True
     batch_size: int = 32
+    # "average": overlapping windows averaged (Human3.6M); "centre": each frame at the centre of
+    # its own window (MPI-INF-3DHP); "auto" picks by the data set's adapter.
+    mode: Literal["auto", "average", "centre"] = "auto"
+    stride: int | None = None  # window stride in "average" mode; default clips.test_stride
+    per_action: bool = True  # average per action, then across actions (Human3.6M protocol)
     pck_threshold_mm: float = 150.0
     auc_max_mm: float = 150.0
     auc_step_mm: float = 5.0
     max_mpjpe_mm: float | None = None  # asset check: fail when worse
+    # video-id patterns left out of the scores; empty: the three corrupted S9 videos for Human3.6M
     excluded_videos: list[str] = Field(default_factory=list)
 
 

@@ -1,0 +1,156 @@
+"""The ``evaluate`` stage: predict every frame of a split and score it (paper-notes section 6).
+
+Every video is predicted through overlapping T-frame windows (averaged where they overlap;
+``centre`` mode predicts each frame at the centre of its own window, the MPI-INF-3DHP
+protocol), optionally with flip test-time augmentation. Predictions are decoded to millimetres
+by the same codec that encoded the training targets, root at zero. Outputs
+(``<root>/eval/<dataset>``): ``metrics.json`` (for DVC), ``report.md`` and ``plots/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dualpose.codec import PoseCodec
+from dualpose.config import Params
+from dualpose.data.clips import SPLITS, ClipIndex
+from dualpose.errors import ConfigError
+from dualpose.eval.metrics import H36M_EXCLUDED_VIDEO_PATTERNS, compute_all, strip_subaction
+from dualpose.eval.windows import predict_sequences
+from dualpose.layout import Layout
+from dualpose.model.flip import flip_tta
+from dualpose.model.weights import load_weights
+from dualpose.skeleton import get_skeleton
+from dualpose.train.feeds import EncodedTable
+from dualpose.train.runtime import progress_enabled, write_json
+
+log = logging.getLogger(__name__)
+
+# Published numbers the report compares against (paper-notes sections 6 and 7).
+REFERENCE_RESULTS = {
+    "h36m": [
+        ("DualPose paper (Ye et al. 2025)", 38.0, 31.9),
+        ("MotionAGFormer-B", 38.4, None),
+        ("MotionBERT (finetuned)", 37.5, None),
+        ("TCPFormer", 37.9, 31.7),
+    ],
+    "mpi_inf_3dhp": [
+        ("DualPose paper (Ye et al. 2025)", 15.9, None),
+        ("MotionAGFormer-L", 16.2, None),
+        ("TCPFormer", 15.0, None),
+    ],
+}
+
+
+def split_rows(table: EncodedTable, index: ClipIndex, split: str) -> np.ndarray:
+    """Boolean (N,) mask of the table rows that belong to ``split`` (whole videos)."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; splits are {list(SPLITS)}")
+    arrays = table.arrays
+    if split == "test":
+        test_code = arrays.categories["split"].index("test") if "test" in arrays.categories["split"] else -1
+        return arrays.codes["split"] == test_code
+    videos = np.unique(index.select(split).video)
+    return np.isin(arrays.codes["video_id"], videos)
+
+
+def resolve_weights(layout: Layout, weights: str) -> Path:
+    if weights in ("best", "last"):
+        path = layout.model("finetune") / weights
+    else:
+        path = Path(weights)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no finetuned weights; run `dualpose finetune` first")
+    return path
+
+
+def predict_split(model: torch.nn.Module, table: EncodedTable, rows: np.ndarray, window: int, stride: int,
+                  mode: str, flip: bool, batch_size: int) -> np.ndarray:
+    """Normalised predictions (N, J, 3) for the selected rows (NaN elsewhere)."""
+    from tqdm.auto import tqdm
+
+    skeleton = table.arrays.skeleton
+    starts, lengths = table.arrays.video_runs()
+    keep = rows[starts]
+    starts, lengths = starts[keep], lengths[keep]
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        return flip_tta(model, x, skeleton) if flip else model(x)
+
+    n_windows_hint = int(np.sum(np.maximum(1, -(-np.maximum(lengths - window, 0) // stride) + 1)))
+    with tqdm(total=n_windows_hint, desc="evaluate", unit="window", disable=not progress_enabled()) as bar:
+        pred = predict_sequences(predictor, table.inputs.numpy(), window, stride, mode=mode, starts=starts,
+                                 lengths=lengths, batch_size=batch_size, progress=bar.update)
+    return pred
+
+
+def run_evaluation(params: Params, layout: Layout, weights: str = "best", split: str = "test",
+                   callbacks: list[Callable[[dict], None]] | None = None) -> dict:
+    from dualpose.eval.plots import plot_per_action, plot_per_joint, plot_skeleton_pair
+    from dualpose.eval.report import write_markdown_report, write_metrics_json
+
+    cfg = params.evaluate
+    dataset = params.train_dataset
+    skeleton = get_skeleton(params.skeleton)
+    torch.manual_seed(params.seed)
+    codec = PoseCodec(skeleton)
+    table = EncodedTable.load(layout, dataset, codec)
+    if table.targets is None:
+        raise ConfigError(f"data set {dataset!r} has no 3D keypoints to evaluate against")
+    index = ClipIndex.load(layout.clips(dataset), tables=table.arrays)
+    rows = split_rows(table, index, split) & table.arrays.has_3d
+    if not rows.any():
+        raise ConfigError(f"data set {dataset!r} has no {split} frames with 3D keypoints")
+    weights_path = resolve_weights(layout, weights)
+    model = load_weights(weights_path, skeleton=skeleton)
+    model.eval()
+
+    window = params.clips.length
+    stride = params.clips.stride("test") if cfg.stride is None else cfg.stride
+    adapter = params.datasets[dataset].adapter if dataset in params.datasets else ""
+    mode = cfg.mode if cfg.mode != "auto" else ("centre" if adapter == "mpi_inf_3dhp" else "average")
+    pred_norm = predict_split(model, table, rows, window, stride, mode, cfg.flip_tta, cfg.batch_size)
+
+    a = table.arrays
+    sel = np.flatnonzero(rows)
+    factor, width = a.factor_2_5d[sel], a.width[sel].astype(np.float32)
+    pred_mm = codec.decode_target(pred_norm[sel].astype(np.float32), factor, width)
+    gt_mm = codec.decode_target(table.targets.numpy()[sel], factor, width)
+    actions = strip_subaction(a.strings("action")[sel]) if cfg.per_action else None
+    exclude = list(cfg.excluded_videos) or (list(H36M_EXCLUDED_VIDEO_PATTERNS) if adapter.startswith("h36m") else [])
+    metrics = compute_all(
+        pred_mm, gt_mm, actions=actions, valid=a.valid[sel], fps=a.fps[sel], video_codes=a.strings("video_id")[sel],
+        skeleton=skeleton, exclude_patterns=exclude,
+        pck_threshold_mm=cfg.pck_threshold_mm, auc_max_mm=cfg.auc_max_mm, auc_step_mm=cfg.auc_step_mm,
+    )
+    metrics.update({"dataset": dataset, "split": split, "weights": str(weights_path), "flip_tta": cfg.flip_tta,
+                    "window": window, "stride": stride, "mode": mode, "frames": int(len(sel))})
+
+    out = layout.eval_dir(dataset)
+    plots_dir = out / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    plots = []
+    if metrics.get("per_action"):
+        plots.append(plot_per_action(metrics["per_action"], plots_dir / "per_action.png"))
+    plots.append(plot_per_joint(metrics["per_joint"], plots_dir / "per_joint.png"))
+    errors = np.linalg.norm(pred_mm - gt_mm, axis=-1).mean(-1)
+    sample = int(np.argsort(errors)[len(errors) // 2])  # a typical (median-error) frame
+    plots.append(plot_skeleton_pair(pred_mm[sample], gt_mm[sample], skeleton, plots_dir / "sample_skeleton.png",
+                                    title=f"{a.strings('video_id')[sel[sample]]} frame {a.frame[sel[sample]]}"))
+    metrics_path = write_metrics_json(metrics, out / "metrics.json")
+    report = write_markdown_report(metrics, out / "report.md", references=REFERENCE_RESULTS.get(dataset, []),
+                                   plots=[p.relative_to(out) for p in plots])
+    summary = {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
+    for cb in callbacks or []:
+        cb({"kind": "evaluation", **summary})
+    log.info("evaluation of %s (%s, %d frames): %s", dataset, split, len(sel), summary)
+    return {"summary": summary, "metrics": metrics, "metrics_path": str(metrics_path), "report": str(report),
+            "plots": [str(p) for p in plots]}
+
+
+SUMMARY_KEYS = ("mpjpe_mm", "p_mpjpe_mm", "n_mpjpe_mm", "mpjve_mm", "accel_error_mm", "pck", "auc", "frames")
