@@ -168,6 +168,12 @@ class Storage:
             return []
         return sorted(self.relative(p) for p in self.fs.ls(path, detail=False) if p.rstrip("/") != path)
 
+    def find(self, *parts: str) -> list[str]:
+        """All files (relative to the root) below a folder, recursively, sorted."""
+        path = self._fs_path(*parts)
+        self._refresh(path)
+        return sorted(self.relative(p) for p in self.fs.find(path))
+
     def glob(self, pattern: str) -> list[str]:
         """Names (relative to the root) matching a glob such as ``"tables/*/*.parquet"``, sorted."""
         _check_parts((pattern,))
