@@ -34,15 +34,15 @@ log = logging.getLogger(__name__)
 # Published numbers the report compares against (paper-notes sections 6 and 7).
 REFERENCE_RESULTS = {
     "h36m": [
-        ("DualPose paper (Ye et al. 2025)", 38.0, 31.9),
-        ("MotionAGFormer-B", 38.4, None),
-        ("MotionBERT (finetuned)", 37.5, None),
-        ("TCPFormer", 37.9, 31.7),
+        {"method": "DualPose paper (Ye et al. 2025)", "mpjpe_mm": 38.0, "p_mpjpe_mm": 31.9},
+        {"method": "MotionAGFormer-B", "mpjpe_mm": 38.4},
+        {"method": "MotionBERT (finetuned)", "mpjpe_mm": 37.5},
+        {"method": "TCPFormer", "mpjpe_mm": 37.9, "p_mpjpe_mm": 31.7},
     ],
     "mpi_inf_3dhp": [
-        ("DualPose paper (Ye et al. 2025)", 15.9, None),
-        ("MotionAGFormer-L", 16.2, None),
-        ("TCPFormer", 15.0, None),
+        {"method": "DualPose paper (Ye et al. 2025)", "mpjpe_mm": 15.9},
+        {"method": "MotionAGFormer-L", "mpjpe_mm": 16.2, "pck": 98.2, "auc": 85.3},
+        {"method": "TCPFormer", "mpjpe_mm": 15.0, "pck": 99.0, "auc": 87.7},
     ],
 }
 
@@ -134,23 +134,37 @@ def run_evaluation(params: Params, layout: Layout, weights: str = "best", split:
     out = layout.eval_dir(dataset)
     plots_dir = out / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
-    plots = []
+    figures = {}
     if metrics.get("per_action"):
-        plots.append(plot_per_action(metrics["per_action"], plots_dir / "per_action.png"))
-    plots.append(plot_per_joint(metrics["per_joint"], plots_dir / "per_joint.png"))
+        figures["MPJPE per action"] = plot_per_action(metrics, plots_dir / "per_action.png")
+    if metrics.get("per_joint"):
+        figures["MPJPE per joint"] = plot_per_joint(metrics, plots_dir / "per_joint.png")
     errors = np.linalg.norm(pred_mm - gt_mm, axis=-1).mean(-1)
     sample = int(np.argsort(errors)[len(errors) // 2])  # a typical (median-error) frame
-    plots.append(plot_skeleton_pair(pred_mm[sample], gt_mm[sample], skeleton, plots_dir / "sample_skeleton.png",
-                                    title=f"{a.strings('video_id')[sel[sample]]} frame {a.frame[sel[sample]]}"))
+    video = a.strings("video_id")[sel[sample]]
+    figures["Prediction beside ground truth (median-error frame)"] = plot_skeleton_pair(
+        pred_mm[sample], gt_mm[sample], plots_dir / "sample_skeleton.png", skeleton,
+        title=f"{video} frame {a.frame[sel[sample]]}: {errors[sample]:.1f} mm")
     metrics_path = write_metrics_json(metrics, out / "metrics.json")
-    report = write_markdown_report(metrics, out / "report.md", references=REFERENCE_RESULTS.get(dataset, []),
-                                   plots=[p.relative_to(out) for p in plots])
+    report = write_markdown_report(
+        out / "report.md", metrics, title=f"Evaluation: {dataset} ({split})",
+        published=REFERENCE_RESULTS.get(adapter_family(adapter), []),
+        label=f"DualPose-{params.model.variant} (this run)",
+        figures={k: str(Path(v).relative_to(out)) for k, v in figures.items()},
+        notes=[f"weights: {weights_path}", f"windows of {window} frames, stride {stride}, {mode} mode, "
+               f"flip TTA {'on' if cfg.flip_tta else 'off'}"],
+    )
+    plots = list(figures.values())
     summary = {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
     for cb in callbacks or []:
         cb({"kind": "evaluation", **summary})
     log.info("evaluation of %s (%s, %d frames): %s", dataset, split, len(sel), summary)
     return {"summary": summary, "metrics": metrics, "metrics_path": str(metrics_path), "report": str(report),
             "plots": [str(p) for p in plots]}
+
+
+def adapter_family(adapter: str) -> str:
+    return "h36m" if adapter.startswith("h36m") else adapter
 
 
 SUMMARY_KEYS = ("mpjpe_mm", "p_mpjpe_mm", "n_mpjpe_mm", "mpjve_mm", "accel_error_mm", "pck", "auc", "frames")
