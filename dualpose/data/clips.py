@@ -123,7 +123,7 @@ def _stable_unit(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}\x1f{key}".encode(), digest_size=8).digest(), "little")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClipIndex:
     """Columnar clip index. Positions ``0 .. len-1`` address clips of *this* (maybe selected)
     index; ``clip_id`` is the clip's id in the full index (stable, used to seed masks)."""
