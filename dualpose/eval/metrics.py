@@ -318,8 +318,8 @@ class ExcludedVideo:
         name = re.escape(self.videopose3d_name)
         if " " in self.videopose3d_name:  # a numbered take: the number must end there
             videopose3d = subject + name + r"(?!\d)"
-        else:  # the unnumbered take: not followed by " <take number>" (an 8-digit camera id is fine)
-            videopose3d = subject + name + r"(?![A-Za-z0-9])(?! \d{1,2}(?!\d))"
+        else:  # the unnumbered take: not followed by a take number (" 1", "-1"); a camera id is fine
+            videopose3d = subject + name + r"(?![A-Za-z0-9])(?![ -]\d{1,2}(?!\d))"
         folder = subject + re.escape(self.action_name) + rf"-{sa}(?!\d)"
         return motionbert, videopose3d, folder
 
