@@ -5,9 +5,11 @@ Two protocols:
 - ``mode="average"`` (Human3.6M): windows of T frames every ``stride`` frames inside each
   video, the last window end-aligned so that every frame is covered; where windows overlap,
   predictions are averaged with per-frame counts. A video shorter than T is either resampled to
-  T frames (``short="resample"``, the references' choice: frame ``floor(i * L / T)`` for
-  position i, so every frame appears at least once and its predictions are averaged back) or
-  edge-padded at the end (``short="pad"``, padded positions are dropped).
+  T frames (``short="resample"``, as the references do; position i reads frame
+  ``round(i * (L - 1) / (T - 1))``, the offsets of the training clip index
+  :func:`dualpose.data.clips.resample_offsets`, so every frame appears at least once and its
+  predictions are averaged back) or edge-padded at the end (``short="pad"``, padded positions
+  are dropped).
 - ``mode="centre"`` (MPI-INF-3DHP): every target frame is predicted at the centre position
   ``(T - 1) // 2`` of its own window, edge-padded at the video's ends.
 
@@ -25,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from dualpose.data.clips import resample_offsets
 from dualpose.errors import DataFormatError
 
 Predictor = Callable[[torch.Tensor], Any]
@@ -35,7 +38,7 @@ class WindowPlan:
     """Every window as (video start row, video length, offset of position 0 in the video, resampled?).
 
     Position t of a window reads row ``start + clip(offset + t, 0, length - 1)``, or for a
-    resampled window row ``start + (t * length) // T``. ``weight(t)`` says which positions'
+    resampled window row ``start + resample_offsets(length, T)[t]``. ``weight(t)`` says which positions'
     predictions are written back.
     """
 
@@ -59,7 +62,9 @@ class WindowPlan:
         resampled = self.resampled[lo:hi, None]
         local = offset + t
         inside = (local >= 0) & (local < length)
-        local = np.where(resampled, (t * length) // self.window, np.clip(local, 0, length - 1))
+        local = np.clip(local, 0, length - 1)
+        if resampled.any():
+            local = np.where(resampled, resample_offsets(length[:, 0], self.window), local)
         if self.mode == "centre":
             weight = np.broadcast_to(t == (self.window - 1) // 2, local.shape)
         else:
