@@ -271,3 +271,19 @@ def write_code_pickle(path: str | os.PathLike, marker: str | os.PathLike) -> Pat
     data = {"train": {"joint_2d": np.zeros((2, 17, 2), np.float32), "payload": RunsCode(f"touch '{marker}'")}}
     Path(path).write_bytes(pickle.dumps(data, protocol=4))
     return Path(path)
+
+
+# ------------------------------------------------------------------------------ running adapters
+def convert_to_tables(adapter, files: dict, options: dict, out_dir: str | os.PathLike,
+                      dataset: str = "test_data") -> dict[str, Path]:
+    """Run an adapter and write each part as it is yielded (as dualpose.data.prepare does)."""
+    from dualpose.data.schema import to_arrow, write_keypoint_table
+    from dualpose.skeleton import H36M_17
+
+    out_dir = Path(out_dir)
+    written = {}
+    opts = adapter.Options.model_validate(options)
+    for part in adapter.convert({k: Path(v) for k, v in files.items()}, opts, dataset, H36M_17):
+        table = to_arrow(part.frames, H36M_17, source=f"{dataset}/{part.name}")
+        written[part.name] = write_keypoint_table(table, out_dir / f"{part.name}.parquet", H36M_17)
+    return written

@@ -93,7 +93,7 @@ def load_pickle(path: str | os.PathLike, *, encoding: str = "ASCII") -> Any:
     """
     path = Path(path)
     try:
-        fh = open(path, "rb", buffering=1 << 20)
+        fh = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed below; open errors are reported apart
     except OSError as exc:
         raise DataFormatError(path, "<file>", "a readable pickle file", str(exc)) from None
     with fh:
@@ -146,7 +146,7 @@ def load_npz(path: str | os.PathLike, keys: list[str] | None = None) -> dict[str
     except (OSError, zipfile.BadZipFile) as exc:
         raise DataFormatError(path, "<file>", "a readable .npz (zip) archive", str(exc)) from None
     with archive:
-        members = {name[:-4] if name.endswith(".npy") else name: name for name in archive.namelist()}
+        members = {name.removesuffix(".npy"): name for name in archive.namelist()}
         wanted = list(members) if keys is None else keys
         for key in wanted:
             if key not in members:
