@@ -171,7 +171,7 @@ def predict_windows(
         with torch.inference_mode():
             out = _to_numpy(predict(batch))
         if out.shape[:2] != idx.shape:
-            raise DataFormatError(None, "predict output", f"shape (B, T, ...) = {idx.shape} + (...)",
+            raise DataFormatError(None, "predict output", f"shape (B, T, ...) with (B, T) = {idx.shape}",
                                   f"shape {out.shape}")
         if sums is None:
             sums = np.zeros((n, *out.shape[2:]), dtype=np.float64)
