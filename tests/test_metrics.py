@@ -244,6 +244,13 @@ def test_strip_subaction_merges_takes_of_an_action():
         ("S9/Waiting-1", True),
         ("S9/Greeting-2", True),
         ("S9/Greeting-1", False),
+        # the ids the h36m_videopose adapter writes: "<subject>_<npz action key>.<camera>"
+        ("S9_Greeting.54138969", True),
+        ("S9_Greeting 1.54138969", False),
+        ("S9_SittingDown 1.60457274", True),
+        ("S9_SittingDown.60457274", False),
+        ("S9_Waiting 1.55011271", True),
+        ("S11_Waiting 1.55011271", False),
     ],
 )
 def test_exclusion_patterns_match_both_id_styles(video_id, excluded):

@@ -337,9 +337,11 @@ H36M_CORRUPTED_VIDEOS: tuple[ExcludedVideo, ...] = (
 
 #: Regular expressions (``re.search``) matching the corrupted videos in any of three id styles:
 #: MotionBERT sources ("s_09_act_05_subact_02_ca_01"), VideoPose3D-style ids that contain the
-#: subject and the npz action key verbatim ("S9/SittingDown 1/54138969", "S9_Greeting.55011271";
-#: "S9/Greeting 1/..." is the other, uncorrupted take and does not match), and the original
-#: folder names ("S9/Waiting-1").
+#: subject and the npz action key verbatim (the h36m_videopose adapter's "S9_SittingDown 1.54138969",
+#: "S9_Greeting.55011271"; "S9_Greeting 1.55011271" is the other, uncorrupted take and does not
+#: match), and the original folder names ("S9/Waiting-1"). Configurable as
+#: ``evaluate.excluded_videos`` (the mapping of takes to VideoPose3D keys was not checked against
+#: the data here).
 H36M_EXCLUDED_VIDEO_PATTERNS: tuple[str, ...] = tuple(p for v in H36M_CORRUPTED_VIDEOS for p in v.patterns)
 
 
