@@ -41,8 +41,8 @@ REFERENCE_RESULTS = {
     ],
     "mpi_inf_3dhp": [
         {"method": "DualPose paper (Ye et al. 2025)", "mpjpe_mm": 15.9},
-        {"method": "MotionAGFormer-L", "mpjpe_mm": 16.2, "pck": 98.2, "auc": 85.3},
-        {"method": "TCPFormer", "mpjpe_mm": 15.0, "pck": 99.0, "auc": 87.7},
+        {"method": "MotionAGFormer-L", "mpjpe_mm": 16.2, "pck_percent": 98.2, "auc_percent": 85.3},
+        {"method": "TCPFormer", "mpjpe_mm": 15.0, "pck_percent": 99.0, "auc_percent": 87.7},
     ],
 }
 
@@ -85,7 +85,8 @@ def predict_split(model: torch.nn.Module, table: EncodedTable, rows: np.ndarray,
     n_windows_hint = int(np.sum(np.maximum(1, -(-np.maximum(lengths - window, 0) // stride) + 1)))
     with tqdm(total=n_windows_hint, desc="evaluate", unit="window", disable=not progress_enabled()) as bar:
         pred = predict_sequences(predictor, table.inputs.numpy(), window, stride, mode=mode, starts=starts,
-                                 lengths=lengths, batch_size=batch_size, progress=bar.update)
+                                 lengths=lengths, batch_size=batch_size, progress=bar.update,
+                                 targets=(rows & table.arrays.valid) if mode == "centre" else None)
     return pred
 
 
@@ -167,4 +168,5 @@ def adapter_family(adapter: str) -> str:
     return "h36m" if adapter.startswith("h36m") else adapter
 
 
-SUMMARY_KEYS = ("mpjpe_mm", "p_mpjpe_mm", "n_mpjpe_mm", "mpjve_mm", "accel_error_mm", "pck", "auc", "frames")
+SUMMARY_KEYS = ("mpjpe_mm", "p_mpjpe_mm", "n_mpjpe_mm", "mpjve_mm_per_frame", "accel_error_mm_per_frame2",
+                "pck_percent", "auc_percent", "frames_evaluated")
