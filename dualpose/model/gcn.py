@@ -1,0 +1,91 @@
+"""Graph-convolution mixers of the GCN stream (paper-notes section 2).
+
+Both use the update ``relu(x + LayerNorm(A_hat @ V(x) + U(x)))``. The reference normalises with
+BatchNorm over the node axis, which for the temporal graph is the frame axis (tied to one T,
+train/eval statistics differ, ONNX export breaks); LayerNorm over channels depends on nothing
+but the token itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def normalized_adjacency(adjacency: np.ndarray, self_loops: bool = False) -> torch.Tensor:
+    """Symmetric normalisation ``D^-1/2 A D^-1/2`` (with ``A + I`` when ``self_loops``).
+
+    Nodes without edges keep a zero row instead of dividing by zero.
+    """
+    adj = np.asarray(adjacency, dtype=np.float64)
+    if adj.ndim != 2 or adj.shape[0] != adj.shape[1]:
+        raise ValueError(f"adjacency must be square, got shape {adj.shape}")
+    if self_loops:
+        adj = adj + np.eye(adj.shape[0])
+    degree = adj.sum(axis=1)
+    inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-12)), 0.0)
+    return torch.from_numpy((inv_sqrt[:, None] * adj * inv_sqrt[None, :]).astype(np.float32))
+
+
+class _GraphMixer(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.U = nn.Linear(dim, dim)
+        self.V = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        for lin in (self.U, self.V):  # He initialisation: a ReLU follows (as the reference)
+            nn.init.normal_(lin.weight, 0.0, (2.0 / dim) ** 0.5)
+            nn.init.zeros_(lin.bias)
+
+    def _update(self, x: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.norm(aggregate + self.U(x)))
+
+
+class SpatialGCN(_GraphMixer):
+    """Fixed skeleton graph per frame: ``A_hat`` is a (J, J) buffer rebuilt from the skeleton
+    (not saved in state dicts)."""
+
+    def __init__(self, dim: int, adjacency: torch.Tensor) -> None:
+        super().__init__(dim)
+        self.register_buffer("adjacency", adjacency.clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, J, C)
+        v = self.V(x)
+        aggregate = torch.matmul(self.adjacency.to(v.dtype), v)  # (J, J) @ (B, T, J, C)
+        return self._update(x, aggregate)
+
+
+class TemporalKNNGCN(_GraphMixer):
+    """Per joint, a k-nearest-neighbour graph over frames by feature dot product, rebuilt on
+    every call.
+
+    A frame's own similarity is excluded (the self connection is ``U(x)``), so each token
+    averages ``V`` of exactly k other frames: the normalisation ``D^-1/2 A D^-1/2`` of a graph
+    whose every node has k neighbours. Built with one batched matmul, ``topk`` and ``gather``
+    (no loops); sequences shorter than k + 1 frames use every other frame.
+    """
+
+    def __init__(self, dim: int, k: int) -> None:
+        super().__init__(dim)
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, J, C)
+        b, t, j, c = x.shape
+        k = self.k
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and t <= k:
+            k = t - 1
+        if k == 0:
+            return self._update(x, torch.zeros_like(x))
+        xt = x.transpose(1, 2)  # (B, J, T, C)
+        with torch.no_grad():  # the graph is a selection, not differentiable (as the reference)
+            similarity = torch.matmul(xt, xt.transpose(-1, -2))  # (B, J, T, T)
+            frames = torch.arange(t, device=x.device)
+            self_pairs = frames[:, None] == frames[None, :]
+            similarity = similarity.masked_fill(self_pairs, float("-inf"))
+            neighbours = similarity.topk(k, dim=-1).indices  # (B, J, T, k)
+        v = self.V(xt)  # (B, J, T, C)
+        index = neighbours.reshape(b, j, t * k, 1).expand(b, j, t * k, v.shape[-1])
+        aggregate = torch.gather(v, 2, index).reshape(b, j, t, k, v.shape[-1]).mean(dim=3)
+        return self._update(x, aggregate.transpose(1, 2))

@@ -1,0 +1,282 @@
+"""The dual-stream backbone and lifter: shapes, T-agnosticism, masking, graphs, attention, numerics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dualpose.config import load_params
+from dualpose.errors import ConfigError
+from dualpose.model import DualPoseBackbone, DualPoseLifter, build_spec, spec_from_params
+from dualpose.model.attention import AxisAttention
+from dualpose.model.config import VARIANTS
+from dualpose.model.gcn import SpatialGCN, TemporalKNNGCN, normalized_adjacency
+from dualpose.skeleton import H36M_17, Skeleton
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY = {"depth": 2, "dim": 16, "heads": 2, "rep_dim": 8}
+
+
+def settle(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Make every block matter: freshly initialised layer scales (1e-5) hide the blocks."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("ls1", "ls2")):
+                p.fill_(0.5)
+            elif name.endswith("fusion.weight"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def poses(b: int, t: int, j: int = 17, seed: int = 0) -> torch.Tensor:
+    return torch.randn(b, t, j, 3, generator=torch.Generator().manual_seed(seed))
+
+
+# --- spec ---------------------------------------------------------------------------------------
+
+def test_variants_and_overrides():
+    assert {k: (v["depth"], v["dim"], v["T"]) for k, v in VARIANTS.items()} == {
+        "XS": (12, 64, 27), "S": (26, 64, 81), "B": (16, 128, 243), "L": (26, 128, 243)}
+    spec = build_spec("B", {"depth": 3, "drop_path": 0.1})
+    assert (spec.depth, spec.dim, spec.T, spec.num_joints, spec.heads, spec.k_neighbors) == (3, 128, 243, 17, 8, 2)
+    assert spec.hidden_dim == 512
+
+
+def test_spec_errors_name_the_problem():
+    with pytest.raises(ConfigError, match=r"unknown model variant 'M'; known: \['XS', 'S', 'B', 'L'\]"):
+        build_spec("M")
+    with pytest.raises(ConfigError, match=r"unknown keys \['detph'\]"):
+        build_spec("XS", {"detph": 3})
+    with pytest.raises(ConfigError, match=r"\['num_joints'\] come from the skeleton"):
+        build_spec("XS", {"num_joints": 16})
+    with pytest.raises(ConfigError, match=r"dim \(60\) must be divisible by heads \(8\)"):
+        build_spec("XS", {"dim": 60})
+    with pytest.raises(ConfigError, match="temporal_pos_emb must be one of"):
+        build_spec("XS", {"temporal_pos_emb": "learned"})
+
+
+def test_spec_from_params_and_custom_skeleton():
+    params = load_params(None, ["model.variant=S", "model.overrides={depth: 2, dim: 32}"])
+    spec = spec_from_params(params)
+    assert (spec.depth, spec.dim, spec.T, spec.num_joints) == (2, 32, 81, 17)
+    # a five-joint chain: nothing in the model assumes 17 joints
+    chain = Skeleton("chain5", tuple(f"j{i}" for i in range(5)), (-1, 0, 1, 2, 3), ((1, 2),))
+    spec5 = build_spec("XS", TINY, chain)
+    assert spec5.num_joints == 5 and spec5.skeleton == "chain5"
+    out = DualPoseLifter(spec5, chain)(poses(2, 6, j=5))
+    assert out.shape == (2, 6, 5, 3)
+    with pytest.raises(ValueError, match="has 17 joints but the model spec expects 5"):
+        DualPoseLifter(spec5, H36M_17)
+
+
+# --- shapes -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_full_variants_on_tiny_inputs(variant):
+    spec = build_spec(variant)
+    model = DualPoseLifter(spec).eval()
+    x = poses(2, 5)
+    with torch.no_grad():
+        assert model(x).shape == (2, 5, 17, 3)
+        assert model.representation(x).shape == (2, 5, 17, 512)
+        feats, blocks = model.backbone.forward_features(model.backbone.embed(x), return_blocks=True)
+    assert feats.shape == (2, 5, 17, spec.dim)
+    assert len(blocks) == spec.depth and all(b.shape == (2, 5, 17, spec.dim) for b in blocks)
+
+
+# --- T-agnostic -------------------------------------------------------------------------------------
+
+def test_same_weights_run_on_any_length():
+    spec243 = build_spec("XS", {**TINY, "T": 243})
+    spec27 = build_spec("XS", {**TINY, "T": 27})
+    model = settle(DualPoseLifter(spec243))
+    for frames in (100, 300, 3):
+        assert model(poses(1, frames)).shape == (1, frames, 17, 3)
+    # no tensor's shape depends on T: a T=27 model takes the T=243 weights as they are
+    other = DualPoseLifter(spec27).eval()
+    other.load_state_dict(model.state_dict(), strict=True)
+    x = poses(2, 100)
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), model(x), rtol=0, atol=0)
+
+
+def test_no_statistics_across_samples():
+    """No batch statistics (the reference's BatchNorm): a sample's output ignores its batch."""
+    model = settle(DualPoseLifter(build_spec("XS", TINY)))
+    x = poses(4, 12)
+    with torch.no_grad():
+        batched = model(x)
+        alone = torch.cat([model(x[i:i + 1]) for i in range(4)])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_is_deterministic_and_training_step_reaches_every_parameter():
+    model = settle(DualPoseLifter(build_spec("XS", {**TINY, "drop_path": 0.2})))
+    x = poses(2, 9)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    model.train()
+    model(x).square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert no_grad == []
+
+
+def test_bf16_autocast_forward_is_finite_and_close():
+    model = settle(DualPoseLifter(build_spec("XS", TINY)))
+    x = poses(2, 16)
+    with torch.no_grad():
+        full = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(x)
+    assert half.shape == full.shape and torch.isfinite(half).all()
+    assert (half.float() - full).abs().max() < 0.1 * full.abs().max() + 0.05
+
+
+# --- masking and per-block outputs ------------------------------------------------------------------
+
+def test_mask_token_replaces_only_masked_tokens():
+    spec = build_spec("XS", TINY)
+    backbone = DualPoseBackbone(spec, with_mask_token=True).eval()
+    x = poses(2, 6)
+    tokens = backbone.embed(x)
+    mask = torch.zeros(2, 6, 17, dtype=torch.bool)
+    mask[0, 1, [2, 3, 4]] = True
+    mask[1, 5, 0] = True
+    filled = backbone.insert_mask_token(tokens, mask)
+    assert torch.equal(filled[~mask], tokens[~mask])
+    expected = backbone.mask_token + backbone.pos_embed[0]  # (J, C): mask token + its joint's position
+    torch.testing.assert_close(filled[0, 1, [2, 3, 4]], expected[[2, 3, 4]])
+    torch.testing.assert_close(filled[1, 5, 0], expected[0])
+    assert not torch.allclose(filled[mask], tokens[mask])
+    with torch.no_grad():
+        masked_feats = backbone.forward_features(tokens, mask=mask)
+        assert torch.equal(masked_feats, backbone.forward_features(filled))
+    with pytest.raises(ValueError, match=r"mask must be a bool tensor of shape \(2, 6, 17\)"):
+        backbone.insert_mask_token(tokens, mask.float())
+    with pytest.raises(ValueError, match="no mask token"):
+        DualPoseBackbone(spec).insert_mask_token(tokens, mask)
+
+
+def test_per_block_outputs_end_in_the_final_norm():
+    spec = build_spec("XS", {**TINY, "depth": 3})
+    backbone = settle(DualPoseBackbone(spec))
+    x = poses(1, 7)
+    with torch.no_grad():
+        feats, blocks = backbone.forward_features(backbone.embed(x), return_blocks=True)
+        manual = backbone.embed(x)
+        for i, block in enumerate(backbone.blocks):
+            manual = block(manual)
+            torch.testing.assert_close(blocks[i], manual)
+        torch.testing.assert_close(feats, backbone.norm(blocks[-1]))
+        torch.testing.assert_close(backbone(x), feats)
+
+
+def test_sinusoidal_temporal_embedding_is_optional_and_order_aware():
+    x = poses(1, 8)
+    spec = build_spec("XS", {**TINY, "temporal_pos_emb": "sinusoidal"})
+    backbone = DualPoseBackbone(spec)
+    plain = DualPoseBackbone(build_spec("XS", TINY))
+    plain.load_state_dict(backbone.state_dict())  # the fixed embedding adds no parameter
+    diff = backbone.embed(x) - plain.embed(x)  # (1, T, J, C): the same for every joint
+    torch.testing.assert_close(diff[0, :, 0], diff[0, :, 5])
+    torch.testing.assert_close(diff[0, 0, 0, : spec.dim // 2], torch.zeros(spec.dim // 2))  # sin(0)
+    torch.testing.assert_close(diff[0, 0, 0, spec.dim // 2:], torch.ones(spec.dim // 2))  # cos(0)
+
+
+# --- fusion, graphs, attention ------------------------------------------------------------------------
+
+def test_fusion_starts_as_equal_average():
+    backbone = settle(DualPoseBackbone(build_spec("XS", TINY)))
+    block = backbone.blocks[0]
+    block.init_fusion()
+    x = backbone.embed(poses(1, 5))
+    with torch.no_grad():
+        a = block.attn_temporal(block.attn_spatial(x))
+        g = block.graph_temporal(block.graph_spatial(x))
+        torch.testing.assert_close(block(x), 0.5 * (a + g))
+    assert torch.equal(block.fusion.weight, torch.zeros(2, 32)) and torch.equal(block.fusion.bias, torch.full((2,), 0.5))
+
+
+def test_normalized_adjacency_known_values():
+    chain = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], dtype=np.float32)
+    s = 1 / math.sqrt(2)
+    torch.testing.assert_close(normalized_adjacency(chain), torch.tensor([[0, s, 0], [s, 0, s], [0, s, 0]]))
+    a, b = 1 / 2, 1 / math.sqrt(6)
+    torch.testing.assert_close(normalized_adjacency(chain, self_loops=True),
+                               torch.tensor([[a, b, 0], [b, 1 / 3, b], [0, b, a]]))
+    lonely = np.zeros((2, 2), dtype=np.float32)
+    assert torch.equal(normalized_adjacency(lonely), torch.zeros(2, 2))
+
+
+def test_spatial_gcn_matches_dense_formula():
+    adj = normalized_adjacency(H36M_17.adjacency())
+    gcn = SpatialGCN(8, adj)
+    x = torch.randn(2, 3, 17, 8)
+    with torch.no_grad():
+        expected = F.relu(x + gcn.norm(torch.einsum("ij,btjc->btic", adj, gcn.V(x)) + gcn.U(x)))
+        torch.testing.assert_close(gcn(x), expected)
+
+
+def test_temporal_knn_gcn_matches_brute_force():
+    gcn = TemporalKNNGCN(6, k=2)
+    x = torch.randn(2, 7, 3, 6, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        v = gcn.V(x)
+        aggregate = torch.zeros_like(x)
+        for b in range(2):
+            for j in range(3):
+                sim = x[b, :, j] @ x[b, :, j].T
+                for t in range(7):
+                    order = [int(i) for i in torch.argsort(sim[t], descending=True) if int(i) != t]
+                    aggregate[b, t, j] = v[b, order[:2], j].mean(0)
+        expected = F.relu(x + gcn.norm(aggregate + gcn.U(x)))
+        torch.testing.assert_close(gcn(x), expected)
+        # a frame never picks itself, even when its own similarity is the largest
+        short = torch.randn(1, 2, 3, 6)
+        v2 = gcn.V(short)
+        expected_short = F.relu(short + gcn.norm(v2.flip(1) + gcn.U(short)))  # each frame's one neighbour
+        torch.testing.assert_close(gcn(short), expected_short)
+        single = torch.randn(1, 1, 3, 6)
+        torch.testing.assert_close(gcn(single), F.relu(single + gcn.norm(gcn.U(single))))
+
+
+@pytest.mark.parametrize("axis", ["spatial", "temporal"])
+def test_attention_matches_explicit_softmax(axis):
+    heads, c = 4, 16
+    attn = AxisAttention(c, heads, axis)
+    x = torch.randn(2, 5, 17, c)
+    with torch.no_grad():
+        q, k, v = attn.qkv(x).chunk(3, dim=-1)
+        if axis == "temporal":
+            q, k, v = (z.transpose(1, 2) for z in (q, k, v))
+        split = lambda z: z.reshape(*z.shape[:-1], heads, c // heads).transpose(-2, -3)  # noqa: E731
+        q, k, v = split(q), split(k), split(v)  # (B, outer, H, L, d)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(c // heads), dim=-1)
+        out = (weights @ v).transpose(-2, -3).reshape(*x.shape[:1], -1, q.shape[-2], c)
+        if axis == "temporal":
+            out = out.transpose(1, 2)
+        torch.testing.assert_close(attn(x), attn.proj(out), rtol=1e-5, atol=1e-6)
+    assert attn.qkv.bias is None
+
+
+# --- torch.compile ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager_on_xs():
+    """XS as built: the whole model traces as one graph, and inductor (regional) matches eager."""
+    torch._dynamo.reset()
+    model = settle(DualPoseLifter(build_spec("XS")))
+    x = poses(2, 6)
+    with torch.no_grad():
+        eager = model(x)
+        whole = torch.compile(model, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(whole(x), eager, rtol=1e-5, atol=1e-6)
+        model.backbone.compile_blocks(fullgraph=True)  # inductor, one compiled graph for all blocks
+        torch.testing.assert_close(model(x), eager, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
