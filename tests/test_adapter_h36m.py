@@ -181,6 +181,22 @@ def test_pickle_bad_input_names_file_and_field_and_writes_nothing(tmp_path, muta
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_pickle_non_string_entries(tmp_path):
+    data = h36m_pickle_data(SMALL_H36M_VIDEOS, strings="list")
+    data["train"]["action"][12] = 14  # an int inside the second video
+    pkl = tmp_path / "p.pkl"
+    write_h36m_pickle(pkl, data)
+    with pytest.raises(DataFormatError) as info:
+        convert_to_tables(h36m_pickle, {"pickle": pkl}, {}, tmp_path / "out")
+    assert (info.value.field, info.value.expected) == ("train.action", "strings")
+    assert info.value.got == "int at index 12"
+    data["train"]["camera_name"] = np.arange(45)
+    write_h36m_pickle(pkl, data)
+    with pytest.raises(DataFormatError) as info:
+        convert_to_tables(h36m_pickle, {"pickle": pkl}, {}, tmp_path / "out")
+    assert (info.value.field, info.value.got) == ("train.camera_name", "dtype int64")
+
+
 def test_pickle_truncated_or_hostile_file_writes_nothing(tmp_path):
     out = tmp_path / "out"
     pkl = tmp_path / "cut.pkl"

@@ -123,7 +123,7 @@ def _validate_split(raw, path: Path, name: str, skeleton: Skeleton) -> _Split:
     source = chk.string_column(get("source"), n, path, f("source"))
     starts = chk.run_starts(source)
     lengths = np.diff(np.r_[starts, n])
-    run_source = source[starts]
+    run_source = chk.run_values(source, starts, path, f("source"))
     del source
     run_camera = _constant_per_run(get("camera_name"), n, starts, path, f("camera_name"))
     run_action = _constant_per_run(get("action"), n, starts, path, f("action"))
@@ -161,7 +161,7 @@ def _constant_per_run(value, n: int, starts: np.ndarray, path: Path, field: str)
         row = int(inside[0])
         raise DataFormatError(path, field, "one value per video (source)",
                               f"{column[row - 1]!r} then {column[row]!r} inside one video at index {row}")
-    return column[starts]
+    return chk.run_values(column, starts, path, field)
 
 
 def _frames(split: _Split, runs: np.ndarray, dataset: str, fps: float, path: Path) -> FrameColumns:

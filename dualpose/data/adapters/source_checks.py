@@ -91,35 +91,49 @@ def check_range(a: np.ndarray, source: Source, field: str, low: float | None, hi
 
 
 def string_column(value: Any, n: int, source: Source, field: str) -> np.ndarray:
-    """One string per frame (list/tuple of str, or a str/bytes/object array) as a numpy ``U`` array."""
+    """One string per frame, as an (n,) array without copying the strings.
+
+    Accepts a list/tuple of str (-> object array of those str), or a numpy str, bytes or object
+    array. Element types are checked where it is cheap; :func:`run_values` checks the values
+    that matter (run boundaries compare unequal for any non-str inside a run of str).
+    """
     if isinstance(value, (list, tuple)):
         if len(value) != n:
             raise DataFormatError(source, field, f"{n} strings (one per frame)", f"{len(value)}")
-        if n and not isinstance(value[0], str):
-            raise DataFormatError(source, field, "strings", f"{type(value[0]).__name__} at index 0")
-        try:
-            arr = np.asarray(value, dtype=str)
-        except (TypeError, ValueError) as exc:
-            raise DataFormatError(source, field, "strings", str(exc)) from None
-    elif isinstance(value, np.ndarray):
-        if value.shape != (n,):
-            raise DataFormatError(source, field, f"shape ({n},), one string per frame", f"shape {value.shape}")
-        if value.dtype.kind == "U":
-            arr = value
-        elif value.dtype.kind == "S":
-            arr = np.char.decode(value, "utf-8")
-        elif value.dtype.kind == "O":
-            kinds = {type(v) for v in value[: min(n, 1000)]}
-            if kinds - {str}:
-                raise DataFormatError(source, field, "strings", f"elements of type {sorted(k.__name__ for k in kinds)}")
-            arr = value.astype(str)
-        else:
-            raise DataFormatError(source, field, "strings", f"dtype {value.dtype}")
-    else:
+        arr = np.empty(n, dtype=object)
+        arr[:] = value
+        return _sampled_str(arr, source, field)
+    if not isinstance(value, np.ndarray):
         raise DataFormatError(source, field, f"{n} strings (a list or a string array)", describe(value))
-    if arr.dtype.kind != "U":
-        raise DataFormatError(source, field, "strings", f"dtype {arr.dtype}")
+    if value.shape != (n,):
+        raise DataFormatError(source, field, f"shape ({n},), one string per frame", f"shape {value.shape}")
+    if value.dtype.kind == "U":
+        return value
+    if value.dtype.kind == "O":
+        return _sampled_str(value, source, field)
+    if value.dtype.kind == "S":
+        return np.char.decode(value, "utf-8")
+    raise DataFormatError(source, field, "strings", f"dtype {value.dtype}")
+
+
+def _sampled_str(arr: np.ndarray, source: Source, field: str, sample: int = 1000) -> np.ndarray:
+    """Fail early, with the index, when the first elements are not str."""
+    for i, v in enumerate(arr[:sample]):
+        if not isinstance(v, str):
+            raise DataFormatError(source, field, "strings", f"{type(v).__name__} at index {i}")
     return arr
+
+
+def run_values(column: np.ndarray, starts: np.ndarray, source: Source, field: str) -> np.ndarray:
+    """The value at each run start, checked to be a string, as a numpy ``U`` array."""
+    values = column[starts]
+    if values.dtype.kind == "O":
+        bad = [i for i, v in enumerate(values) if not isinstance(v, str)]  # one check per run
+        if bad:
+            raise DataFormatError(source, field, "strings",
+                                  f"{type(values[bad[0]]).__name__} at index {int(starts[bad[0]])}")
+        values = values.astype(str) if values.size else np.zeros(0, dtype="U1")
+    return values
 
 
 def run_starts(values: np.ndarray) -> np.ndarray:
