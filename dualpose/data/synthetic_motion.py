@@ -84,14 +84,19 @@ def make_body(name: str, height_mm: float, rng: np.random.Generator, skeleton: S
 
 def make_subjects(count: int, seed: int, heights_mm: tuple[float, float] = HEIGHT_RANGE_MM,
                   skeleton: Skeleton = H36M_17) -> list[Body]:
-    """``count`` subjects named S1..Sn with statures spread over ``heights_mm`` (shuffled, jittered)."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB0D1]))
+    """Subjects S1..Sn with statures spread over ``heights_mm``.
+
+    Statures follow a golden-ratio sequence from a seeded start, so any first n subjects cover
+    the range evenly and subject i is the same body whatever ``count`` is.
+    """
     lo, hi = heights_mm
-    edges = np.linspace(lo, hi, count + 1)
-    heights = rng.uniform(edges[:-1], edges[1:])
-    heights = heights[rng.permutation(count)]
-    return [make_body(f"S{i + 1}", h, np.random.default_rng(np.random.SeedSequence([seed, 0xB0D2, i])), skeleton)
-            for i, h in enumerate(heights)]
+    start = np.random.default_rng(np.random.SeedSequence([seed, 0xB0D1])).uniform()
+    bodies = []
+    for i in range(count):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB0D2, i]))
+        u = (start + i * 0.6180339887498949 + rng.uniform(-0.04, 0.04)) % 1.0
+        bodies.append(make_body(f"S{i + 1}", lo + (hi - lo) * u, rng, skeleton))
+    return bodies
 
 
 # ---------------------------------------------------------------------------- rotations, FK
