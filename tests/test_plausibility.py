@@ -31,7 +31,8 @@ def standing(n_frames: int = 10, knee_deg: float = 0.0) -> np.ndarray:
     rot = np.broadcast_to(np.eye(3), (n_frames, SK.num_joints, 3, 3)).copy()
     for ankle in ("l_ankle", "r_ankle"):
         rot[:, SK.index(ankle)] = rot_x(np.full(n_frames, np.radians(knee_deg)))
-    pos = forward_kinematics(BODY.offsets, SK.parents, np.zeros((n_frames, 3)), np.broadcast_to(np.eye(3), (n_frames, 3, 3)), rot)
+    upright = np.broadcast_to(np.eye(3), (n_frames, 3, 3))
+    pos = forward_kinematics(BODY.offsets, SK.parents, np.zeros((n_frames, 3)), upright, rot)
     pos[..., 1] -= pos[:, [SK.index("l_ankle"), SK.index("r_ankle")], 1].min() - BODY.ankle_height_mm
     return pos
 
@@ -56,7 +57,8 @@ def test_bone_length_constancy_reports_the_relative_std():
 
 def test_limb_bones_are_thigh_shank_upper_arm_forearm():
     names = [SK.joint_names[c] for (_, c), limb in zip(SK.bones, limb_bones(SK)) if limb]
-    assert sorted(names) == sorted(["r_knee", "r_ankle", "l_knee", "l_ankle", "l_elbow", "l_wrist", "r_elbow", "r_wrist"])
+    assert sorted(names) == sorted(["r_knee", "r_ankle", "l_knee", "l_ankle",
+                                    "l_elbow", "l_wrist", "r_elbow", "r_wrist"])
 
 
 def test_knee_flexion_angle_and_sign():

@@ -100,8 +100,9 @@ def test_detector_noise_statistics():
     assert per_joint[SK.index("l_wrist")] == pytest.approx(2.0 * expected, rel=0.15)  # wrists noisier
     assert per_joint[SK.index("l_wrist")] > per_joint[SK.index("l_ankle")] > per_joint[SK.index("thorax")]
     # the drift is temporally correlated, the jitter is not
-    drift_only, _ = detector_noise(clean, FPS, NoiseSettings(jitter_px=0.0, outlier_rate=0.0, dropout_rate=0.0), rng, 1000, 1000)
-    jitter_only, _ = detector_noise(clean, FPS, NoiseSettings(drift_px=0.0, outlier_rate=0.0, dropout_rate=0.0), rng, 1000, 1000)
+    clean_only = dict(outlier_rate=0.0, dropout_rate=0.0)
+    drift_only, _ = detector_noise(clean, FPS, NoiseSettings(jitter_px=0.0, **clean_only), rng, 1000, 1000)
+    jitter_only, _ = detector_noise(clean, FPS, NoiseSettings(drift_px=0.0, **clean_only), rng, 1000, 1000)
 
     def lag1(x):
         x = (x - clean).reshape(len(x), -1)

@@ -99,7 +99,8 @@ def place_cameras(world_mm: np.ndarray, options: CaptureOptions, rng: np.random.
     heights = rng.uniform(*options.camera_height_m, size=n) * 1000.0
     fx = options.focal_px * (1.0 + options.focal_jitter * np.clip(rng.standard_normal(n), -3, 3))
     fy = fx * (1.0 + 0.002 * rng.standard_normal(n))  # near-square pixels
-    principal = np.array([options.width, options.height]) / 2 + options.principal_jitter_px * rng.standard_normal((n, 2))
+    principal = np.array([options.width, options.height]) / 2
+    principal = principal + options.principal_jitter_px * rng.standard_normal((n, 2))
     cams = []
     for k in range(n):
         direction = np.array([np.sin(azimuths[k]), 0.0, np.cos(azimuths[k])])
