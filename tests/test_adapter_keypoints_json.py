@@ -85,7 +85,7 @@ def test_folder_of_files_gives_one_part_per_video(tmp_path):
     out = convert_to_tables(keypoints_json, {"keypoints": folder}, {"split": "test"}, tmp_path / "out")
     assert list(out) == ["test-a", "test-b"]
     t = read_keypoint_table([out["test-a"], out["test-b"]])
-    starts, lengths = t.video_runs()
+    _, lengths = t.video_runs()
     assert list(lengths) == [5, 3] and set(t.strings("split")) == {"test"}
 
 

@@ -48,7 +48,7 @@ STRING_KEYS = ("camera_name", "action", "source")
 class Options(AdapterOptions):
     splits: list[str] = Field(default_factory=lambda: ["train", "test"])  # keys of the pickle to convert
     part_by_subject: bool = True  # one table per split and subject ("train-S1"), else per split
-    fps: float = h36m_cameras.FPS
+    fps: float = Field(h36m_cameras.FPS, gt=0)
 
 
 @dataclass
@@ -76,11 +76,12 @@ def convert(files: dict[str, Path], options: Options, dataset: str, skeleton: Sk
     del data  # only the validated views stay referenced; each split is freed once written
     while splits:
         split = splits.pop(0)
-        subjects = np.unique(split.run_subject) if options.part_by_subject else [None]
-        for subject in subjects:
-            runs = np.flatnonzero(split.run_subject == subject) if subject is not None else np.arange(split.run_start.size)
-            name = f"{split.name}-{subject}" if subject is not None else split.name
-            yield TablePart(name, _frames(split, runs, dataset, options.fps, path))
+        if options.part_by_subject:
+            for subject in sorted(set(split.run_subject), key=lambda s: (len(s), s)):  # S1 .. S9, S11
+                runs = np.flatnonzero(split.run_subject == subject)
+                yield TablePart(f"{split.name}-{subject}", _frames(split, runs, dataset, options.fps))
+        else:
+            yield TablePart(split.name, _frames(split, np.arange(split.run_start.size), dataset, options.fps))
         del split
 
 
@@ -164,7 +165,7 @@ def _constant_per_run(value, n: int, starts: np.ndarray, path: Path, field: str)
     return chk.run_values(column, starts, path, field)
 
 
-def _frames(split: _Split, runs: np.ndarray, dataset: str, fps: float, path: Path) -> FrameColumns:
+def _frames(split: _Split, runs: np.ndarray, dataset: str, fps: float) -> FrameColumns:
     lengths = split.run_length[runs]
     starts = split.run_start[runs]
     contiguous = runs.size and np.all(starts[1:] == starts[:-1] + lengths[:-1])

@@ -50,7 +50,7 @@ class Options(AdapterOptions):
     keypoints_2d: Literal["cpn", "gt"] = "cpn"
     train_subjects: list[str] = Field(default_factory=lambda: ["S1", "S5", "S6", "S7", "S8"])
     test_subjects: list[str] = Field(default_factory=lambda: ["S9", "S11"])
-    fps: float = h36m_cameras.FPS
+    fps: float = Field(h36m_cameras.FPS, gt=0)
 
     @model_validator(mode="after")
     def _disjoint_subjects(self) -> Options:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from dualpose.data.adapters import source_checks as chk
 from dualpose.data.adapters.base import AdapterOptions, TablePart
@@ -48,9 +49,9 @@ _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
 class Options(AdapterOptions):
     format: Literal["coco17", "halpe26", "blazepose33"] = "coco17"
-    width: int | None = None  # image size in pixels, when the file does not say
-    height: int | None = None
-    fps: float | None = None
+    width: int | None = Field(None, gt=0)  # image size in pixels, when the file does not say
+    height: int | None = Field(None, gt=0)
+    fps: float | None = Field(None, gt=0)
     subject: str = "unknown"
     action: str = ""
     split: str = "train"
