@@ -318,3 +318,17 @@ def test_videopose_hostile_npz_and_config_errors(tmp_path):
         convert_to_tables(h36m_videopose, {"data_3d": evil}, {}, tmp_path / "out")
     with pytest.raises(ValidationError, match="both train_subjects and test_subjects"):
         h36m_videopose.Options(train_subjects=["S1", "S9"], test_subjects=["S9"])
+
+
+@pytest.mark.parametrize("name, files", [("h36m_pickle", ("pickle",)), ("h36m_videopose", ("data_3d",)),
+                                         ("mpi_inf_3dhp", ("train", "test")), ("keypoints_json", ("keypoints",))])
+def test_registered_adapters_follow_the_contract(name, files):
+    from dualpose.data.adapters import get_adapter
+    from dualpose.data.adapters.base import AdapterOptions
+
+    adapter = get_adapter(name)
+    assert adapter.REQUIRED_FILES == files
+    assert issubclass(adapter.Options, AdapterOptions)
+    adapter.Options()  # every option has a default
+    with pytest.raises(ValidationError, match="extra"):
+        adapter.Options.model_validate({"no_such_option": 1})
