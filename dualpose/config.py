@@ -92,7 +92,7 @@ class PretrainConfig(Section):
     ema_end: float = 0.9999
     ema_ramp_fraction: float = 0.3  # of all optimiser steps
     flip_probability: float = 0.5
-    collapse_variance: float = 1e-4  # target variance below this is a collapse
+    collapse_variance: float = 0.1  # normalised target variance below this (3 logs running) is a collapse
     transductive_test_2d: bool = False
     save_every_steps: int = 500
     max_steps: int | None = None

@@ -92,20 +92,21 @@ def run_pretraining(params: Params, layout: Layout, resume: bool = True,
         return {"ema_decay": decay}
 
     def watch(record: dict) -> None:
-        if record.get("kind") != "train":
+        """Collapse monitor on the normalised targets: 1 for a healthy representation, towards 0 when
+        the teacher's outputs become the same for every token (data2vec's ``min_target_var`` test)."""
+        if record.get("kind") != "train" or "norm_target_var" not in record:
             return
-        var = record.get("target_var")
-        if var is None:
-            return
+        var = record["norm_target_var"]
         collapse["low"] = collapse["low"] + 1 if var < cfg.collapse_variance else 0
         if collapse["low"] >= 3:
             raise CollapseError(
-                f"pretraining collapsed: teacher target variance {var:.3g} < {cfg.collapse_variance:g} for "
-                f"{collapse['low']} logged steps (step {record['step']}). Check the EMA schedule "
+                f"pretraining collapsed: normalised target variance {var:.3g} < {cfg.collapse_variance:g} for "
+                f"{collapse['low']} logged steps (step {record['step']}; raw teacher variance "
+                f"{record.get('target_var', float('nan')):.3g}). Check the EMA schedule "
                 f"(pretrain.ema_start/ema_end), the learning rate and pretrain.target_norm."
             )
-        if var < 10 * cfg.collapse_variance:
-            log.warning("target variance %.3g is approaching collapse (threshold %.3g) at step %d",
+        if var < 2 * cfg.collapse_variance:
+            log.warning("normalised target variance %.3g is approaching collapse (threshold %.3g) at step %d",
                         var, cfg.collapse_variance, record["step"])
 
     trainer = Trainer(acc, settings, model, optimizer, num_items, make_batch, loss_fn, cfg.optim.lr_decay,
@@ -122,6 +123,7 @@ def run_pretraining(params: Params, layout: Layout, resume: bool = True,
         "steps": state.step,
         "final_loss": train_records[-1]["loss"] if train_records else math.nan,
         "final_target_var": train_records[-1].get("target_var", math.nan) if train_records else math.nan,
+        "final_norm_target_var": train_records[-1].get("norm_target_var", math.nan) if train_records else math.nan,
         "clips": int(len(clip_ids)),
         "views": int(views),
         "processes": acc.num_processes,

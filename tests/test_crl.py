@@ -1,0 +1,87 @@
+"""CRL: parameter-free target normalisation, masked-token loss, EMA teacher, collapse monitor."""
+
+import math
+
+import pytest
+import torch
+
+from dualpose.config import load_params
+from dualpose.data.prepare import prepare_dataset
+from dualpose.layout import Layout
+from dualpose.model.backbone import DualPoseBackbone
+from dualpose.model.config import build_spec
+from dualpose.stages import build_clips, build_masks
+from dualpose.train import pretrain as pretrain_module
+from dualpose.train.crl import CRLModel, normalise_block_output
+
+
+def test_normalisations_are_parameter_free_and_length_agnostic():
+    x = torch.randn(2, 5, 17, 8) * 3 + 7
+    inst = normalise_block_output(x, "instance")
+    flat = inst.reshape(2, -1, 8)
+    torch.testing.assert_close(flat.mean(1), torch.zeros(2, 8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(flat.var(1, unbiased=False), torch.ones(2, 8), atol=1e-3, rtol=0)
+    layer = normalise_block_output(x, "layer")
+    torch.testing.assert_close(layer.mean(-1), torch.zeros(2, 5, 17), atol=1e-5, rtol=0)
+    assert normalise_block_output(torch.randn(1, 300, 17, 8), "instance").shape == (1, 300, 17, 8)
+    assert normalise_block_output(torch.full((1, 4, 17, 8), 2.0), "instance").abs().max() == 0  # collapsed
+
+
+def _crl(top_k=2):
+    torch.manual_seed(0)
+    spec = build_spec("XS", {"depth": 3, "dim": 16})
+    return CRLModel(DualPoseBackbone(spec, with_mask_token=True), top_k=top_k)
+
+
+def test_loss_is_masked_mse_over_sqrt_c_and_teacher_sees_the_full_input():
+    crl = _crl()
+    x = torch.randn(2, 6, 17, 3)
+    mask = torch.zeros(2, 6, 17, dtype=torch.bool)
+    mask[:, :, 4:8] = True
+    loss, logs = crl(x, mask)
+    target, _ = crl.targets(x)
+    features = crl.student.forward_features(crl.student.embed(x), mask=mask)
+    pred = crl.regression_head(features)
+    expected = ((pred - target) ** 2).sum(-1)[mask].mean() / math.sqrt(16)
+    torch.testing.assert_close(loss, expected)
+    assert logs["masked_ratio"] == pytest.approx(4 / 17)
+    # the teacher's targets do not depend on the mask; unmasked predictions do not enter the loss
+    other = torch.zeros_like(mask)
+    other[:, :, 4:8] = True
+    loss.backward()
+    grads = crl.regression_head.weight.grad.clone()
+    assert grads.abs().sum() > 0
+    assert all(p.grad is None for p in crl.teacher.parameters())
+    with pytest.raises(ValueError, match="top_k_blocks must be in"):
+        CRLModel(DualPoseBackbone(build_spec("XS", {"depth": 2, "dim": 16}), with_mask_token=True), top_k=3)
+    with pytest.raises(ValueError, match="no masked token"):
+        crl(x, torch.zeros_like(mask))
+
+
+def test_teacher_tracks_student_by_ema():
+    crl = _crl()
+    with torch.no_grad():
+        for p in crl.student.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in crl.teacher.parameters()]
+    crl.teacher.update(crl.student, 0.99)
+    for b, t, s in zip(before, crl.teacher.parameters(), crl.student.parameters()):
+        torch.testing.assert_close(t, 0.99 * b + 0.01 * s)
+
+
+def test_a_collapsing_run_stops_loudly(tiny_params_path, monkeypatch):
+    params = load_params(tiny_params_path)
+    layout = Layout.from_root(params.storage.root)
+    prepare_dataset(params, "synthetic", layout, tiny_params_path.parent)
+    build_clips(params, layout, "synthetic")
+    build_masks(params, layout, "synthetic")
+    params.pretrain.epochs = 3
+
+    def collapsed_targets(self, x):  # a teacher whose outputs no longer depend on the input
+        b, t, j = x.shape[:3]
+        return torch.zeros(b, t, j, self.dim), torch.tensor(0.0)
+
+    monkeypatch.setattr(CRLModel, "targets", collapsed_targets)
+    with pytest.raises(pretrain_module.CollapseError, match="pretraining collapsed: normalised target variance 0"):
+        pretrain_module.run_pretraining(params, layout)
+    assert not (layout.model("pretrain") / "model.safetensors").exists()
