@@ -3,7 +3,8 @@
 Partitions (one per enabled data set) and the data set that training uses must be known when
 Dagster loads the code location, before any resource exists, so they come from the same
 params.yaml that the resources, the CLI and DVC read: ``$DUALPOSE_PARAMS`` when set, otherwise
-``params.yaml`` at the repository root. Nothing here imports Dagster.
+``params.yaml`` in the working directory (``dagster dev`` runs from the repository root), otherwise
+the one beside the ``pipelines`` package. Nothing here imports Dagster.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from pathlib import Path
 from dualpose.config import Params, load_params
 
 PARAMS_ENV = "DUALPOSE_PARAMS"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the folder holding the pipelines package
 
 
 def params_path() -> Path:
     """The params.yaml the definitions are built from (absolute)."""
     value = os.environ.get(PARAMS_ENV)
-    path = Path(value).expanduser() if value else REPO_ROOT / "params.yaml"
-    return path.resolve()
+    if value:
+        return Path(value).expanduser().resolve()
+    here = Path.cwd() / "params.yaml"
+    return (here if here.is_file() else REPO_ROOT / "params.yaml").resolve()
 
 
 def definition_params() -> Params:

@@ -12,6 +12,8 @@ serves the CLI, DVC and Dagster. Nothing here imports Dagster.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -120,3 +122,11 @@ class ArtefactStore:
                 stamp = f"{int(stamp * 1e9)}"
             out.append(FileSignature(self.storage.relative(path), int(info.get("size") or 0), str(stamp)))
         return sorted(out, key=lambda s: s.name)
+
+
+def listing_fingerprint(signatures: Sequence[FileSignature]) -> str:
+    """A short hash of a folder listing (names, sizes, stamps); the empty string for no files."""
+    if not signatures:
+        return ""
+    text = json.dumps([(s.name, s.size, s.stamp) for s in signatures])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -359,44 +359,54 @@ def test_whole_graph_on_s3(tmp_path, monkeypatch):
 
         # the sensor watches raw/<dataset>/ on S3 too
         sensor = defs.resolve_sensor_def("new_raw_files")
-        first = _tick(sensor, None, resources["storage"])
-        assert not first.run_requests
-        fs.pipe_file("dualpose-e2e/runs/one/raw/synthetic/extra.npz", b"new motion")
-        second = _tick(sensor, first.cursor, resources["storage"])
-        assert [r.partition_key for r in second.run_requests] == ["synthetic"]
+        with dg.instance_for_test() as instance:
+            first = _tick(sensor, None, resources["storage"], instance)
+            assert not first.run_requests  # synthetic data has no raw files
+            fs.pipe_file("dualpose-e2e/runs/one/raw/synthetic/extra.npz", b"new motion")
+            second = _tick(sensor, first.cursor, resources["storage"], instance)
+            assert [r.partition_key for r in second.run_requests] == ["synthetic"]
 
 
-def _tick(sensor, cursor, storage):
-    with dg.build_sensor_context(cursor=cursor, resources={"storage": storage}) as context:
+def _tick(sensor, cursor, storage, instance):
+    with dg.build_sensor_context(cursor=cursor, instance=instance, resources={"storage": storage}) as context:
         return sensor(context)
 
 
 # -- automation ---------------------------------------------------------------------------------------
 def test_sensor_requests_tables_when_raw_files_change(tmp_path, monkeypatch):
-    datasets = {"synthetic": {"adapter": "synthetic"}, "other": {"adapter": "synthetic"}}
-    root = tmp_path / "artifacts"
-    params = write_params(tmp_path, tiny_params(root, datasets=datasets))
+    raw = tmp_path / "artifacts" / "raw"
+    motion = raw / "mocap" / "take1.npz"
+    datasets = {"synthetic": {"adapter": "synthetic", "options": dict(TINY_SYNTHETIC)},
+                "mocap": {"adapter": "mocap_npz", "files": {"motion": str(motion)}}}
+    params = write_params(tmp_path, tiny_params(tmp_path / "artifacts", datasets=datasets))
     defs = load_definitions(monkeypatch, params)
     sensor = defs.resolve_sensor_def("new_raw_files")
-    storage = make_resources(params)["storage"]
+    resources = make_resources(params)
+    cmu = REPO_ROOT.parent / "shared" / "data" / "cmu" / "cmu_train.npz"
+    if not cmu.is_file():
+        pytest.skip("reason: CMU data folder ../shared/data/cmu absent")
+    motion.parent.mkdir(parents=True)
+    motion.write_bytes(cmu.read_bytes())
 
-    def tick(cursor):
-        return _tick(sensor, cursor, storage)
+    with dg.instance_for_test() as instance:
+        def tick(cursor):
+            return _tick(sensor, cursor, resources["storage"], instance)
 
-    (root / "raw" / "other").mkdir(parents=True)
-    (root / "raw" / "other" / "old.npz").write_bytes(b"x")
-    first = tick(None)  # what is there already is the baseline
-    assert not first.run_requests and "baseline" in first.skip_reason.skip_message
-    assert not tick(first.cursor).run_requests
-    (root / "raw" / "synthetic").mkdir(parents=True)
-    (root / "raw" / "synthetic" / "take1.npz").write_bytes(b"12345")
-    second = tick(first.cursor)
-    assert [r.partition_key for r in second.run_requests] == ["synthetic"]
-    assert second.run_requests[0].run_key.startswith("synthetic:")
-    assert not tick(second.cursor).run_requests  # unchanged: nothing more
-    (root / "raw" / "other" / "old.npz").write_bytes(b"changed content")
-    third = tick(second.cursor)
-    assert [r.partition_key for r in third.run_requests] == ["other"]
+        first = tick(None)  # raw files that no tables were built from; synthetic has none
+        assert [(r.partition_key, r.run_key[:6]) for r in first.run_requests] == [("mocap", "mocap:")]
+        assert not tick(first.cursor).run_requests  # requested once per state of the files
+
+        # the run the sensor asked for: its tables record the raw files they saw
+        job = defs.resolve_job_def("prepare_tables")
+        run = job.execute_in_process(partition_key="mocap", instance=instance, resources=resources)
+        assert run.success
+        assert not tick(None).run_requests  # a fresh cursor: the tables are up to date with the files
+
+        (raw / "mocap" / "notes.txt").write_text("a second take is coming")
+        second = tick(first.cursor)
+        assert [r.partition_key for r in second.run_requests] == ["mocap"]
+        assert second.run_requests[0].run_key != first.run_requests[0].run_key
+        assert not tick(second.cursor).run_requests
 
 
 def test_schedule_and_instance_allow_one_training_run(tmp_path, monkeypatch):

@@ -6,34 +6,39 @@
   ``dualpose/training`` so that the run queue admits one such run at a time (tag concurrency
   limit in ``pipelines/dagster.yaml``); the training assets also share one pool.
 
-The sensor lists ``raw/<dataset>/`` under the storage root (local or S3) on every tick and
-compares names, sizes and version stamps with its cursor. The first tick records what is there;
-afterwards a changed listing requests one ``prepare_tables`` run for that data set, keyed by the
-listing's fingerprint so that the same files are never prepared twice.
+The sensor lists ``raw/<dataset>/`` under the storage root (local or S3) on every tick: names,
+sizes and version stamps, hashed into a fingerprint. A data set whose raw files differ from those
+its latest keypoint tables were built from (the tables record the fingerprint they saw) gets one
+``prepare_tables`` run, keyed by the fingerprint; the cursor remembers what was requested, so a
+failed run is not retried until the files change again. Data sets without raw files (synthetic)
+never trigger. Files count when the data set reads them: point ``datasets.<name>.files`` at
+``<root>/raw/<name>/...`` (or download remote files there through the ``raw_files`` asset).
 """
 
 
-import hashlib
 import json
 
 import dagster as dg
 
 from pipelines import settings
-from pipelines.defs.data_assets import DATA_ASSET_KEYS
+from pipelines.defs.data_assets import DATA_ASSET_KEYS, RAW_FINGERPRINT
 from pipelines.defs.resources import StorageResource
 from pipelines.defs.training_assets import TRAINING_ASSET_KEYS, TRAINING_TAG
-from pipelines.staging import NAMES, FileSignature
+from pipelines.staging import NAMES, listing_fingerprint
 
 WEEKLY_CRON = "0 3 * * 1"  # Mondays 03:00
 SENSOR_INTERVAL_S = 60
+RAW_TAG = "dualpose/raw_fingerprint"
 
 
-def listing_fingerprint(signatures: list[FileSignature]) -> str:
-    """A short hash of a folder listing (names, sizes, stamps); empty string for no files."""
-    if not signatures:
-        return ""
-    text = json.dumps([(s.name, s.size, s.stamp) for s in signatures])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def tables_fingerprint(instance: dg.DagsterInstance, dataset: str) -> str | None:
+    """The raw-file fingerprint that the latest keypoint tables of ``dataset`` were built from."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("keypoint_tables"), asset_partitions=[dataset]), limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get(RAW_FINGERPRINT)
+    return None if value is None else str(value.value)
 
 
 def build_automation(datasets: list[str]) -> dict:
@@ -55,23 +60,20 @@ def build_automation(datasets: list[str]) -> dict:
 
     @dg.sensor(name="new_raw_files", job=prepare_tables, minimum_interval_seconds=SENSOR_INTERVAL_S,
                default_status=dg.DefaultSensorStatus.STOPPED,
-               description="Prepare a data set's keypoint tables when files under raw/<dataset>/ change.")
+               description="Prepare a data set's keypoint tables when its files under raw/<dataset>/ are not "
+                           "the ones its tables were built from.")
     def new_raw_files(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
         store = storage.store()
         current = {name: listing_fingerprint(store.signatures(NAMES.raw(name))) for name in datasets}
-        cursor = json.dumps(current, sort_keys=True)
-        if context.cursor is None:
-            files = sum(1 for v in current.values() if v)
-            return dg.SensorResult(skip_reason=f"first tick: recorded the raw folders of {files} data set(s) as "
-                                               "the baseline", cursor=cursor)
-        seen = json.loads(context.cursor)
-        changed = [name for name, fp in current.items() if fp and fp != seen.get(name)]
+        requested = json.loads(context.cursor) if context.cursor else {}
+        changed = [name for name, fp in current.items()
+                   if fp and fp != requested.get(name) and fp != tables_fingerprint(context.instance, name)]
+        cursor = json.dumps({**requested, **{name: current[name] for name in changed}}, sort_keys=True)
         if not changed:
-            return dg.SensorResult(skip_reason=f"no new raw files under {store.location('raw')}",
-                                   cursor=cursor)
+            return dg.SensorResult(skip_reason=f"no new raw files under {store.location('raw')}", cursor=cursor)
         return dg.SensorResult(
             run_requests=[dg.RunRequest(partition_key=name, run_key=f"{name}:{current[name]}",
-                                        tags={"dualpose/raw_fingerprint": current[name]}) for name in changed],
+                                        tags={RAW_TAG: current[name]}) for name in changed],
             cursor=cursor)
 
     return {"jobs": [prepare_data, prepare_tables, weekly_retraining], "schedules": [schedule],

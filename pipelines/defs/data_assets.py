@@ -19,9 +19,10 @@ from dualpose.config import Params
 from pipelines import settings
 from pipelines.defs.resources import DualPoseConfig, StorageResource
 from pipelines.metadata import content_hash, counts_table, md_table
-from pipelines.staging import NAMES, ArtefactStore
+from pipelines.staging import NAMES, ArtefactStore, listing_fingerprint, name_of
 
 DATA_GROUP = "data"
+RAW_FINGERPRINT = "raw_fingerprint"  # tables metadata: the raw files they were built from (see the sensor)
 
 
 def dataset_partitions(params: Params) -> dg.StaticPartitionsDefinition:
@@ -55,8 +56,11 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         name = _dataset(context, params)
         cfg = params.datasets[name]
         store = storage.store(params)
-        with store.stage(inputs=[NAMES.raw(name)], outputs=[NAMES.raw(name)]) as layout:
+        with store.stage(inputs=[NAMES.raw(name)]) as layout:
+            before = _local_listing(layout.raw(name))
             files = resolve_files(name, cfg, layout, dualpose.base_dir)
+            if not store.is_local and _local_listing(layout.raw(name)) != before:
+                store.upload(layout.root, name_of(NAMES.raw(name)))  # new downloads join the shared cache
             rows = [(key, str(cfg.files[key]), path.stat().st_size if path.is_file() else "folder")
                     for key, path in files.items()]
             version = (content_hash(files.values()) if files else
@@ -78,7 +82,8 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         params = dualpose.load()
         name = _dataset(context, params)
         store = storage.store(params)
-        with store.stage(inputs=[NAMES.raw(name)], outputs=[NAMES.tables(name), NAMES.raw(name)]) as layout:
+        raw_fingerprint = listing_fingerprint(store.signatures(NAMES.raw(name)))
+        with store.stage(inputs=[NAMES.raw(name)], outputs=[NAMES.tables(name)]) as layout:
             prepared = prepare_dataset(params, name, layout, dualpose.base_dir)
             folder = layout.tables(name)
             version = content_hash(sorted(folder.glob("*.parquet")), root=folder)
@@ -87,6 +92,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
                       "parts": dg.MetadataValue.md(counts_table(prepared.parts, "table", "rows")),
                       "splits": dg.MetadataValue.md(counts_table(prepared.splits, "split", "rows")),
                       "seconds": round(prepared.seconds, 2),
+                      RAW_FINGERPRINT: raw_fingerprint,
                       "location": _location(store, NAMES.tables(name))},
             data_version=dg.DataVersion(version),
         )
@@ -134,6 +140,11 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         )
 
     return [raw_files, keypoint_tables, clip_index, masked_inputs]
+
+
+def _local_listing(folder: Path) -> list[tuple[str, int]]:
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file()) \
+        if folder.is_dir() else []
 
 
 def _options_hash(adapter: str, options: dict) -> str:

@@ -117,7 +117,7 @@ class TrainingLauncher(dg.ConfigurableResource):
             extras: dict | None = None) -> dg.PipesClientCompletedInvocation:
         command = self.command(entry_args)
         context.log.info("launching: " + " ".join(command))
-        client = dg.PipesSubprocessClient(cwd=str(settings.REPO_ROOT))
+        client = dg.PipesSubprocessClient()
         return client.run(context=context, command=command, env=self.process_env(), extras=extras)
 
 
