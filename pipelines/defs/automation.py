@@ -42,12 +42,12 @@ def tables_fingerprint(instance: dg.DagsterInstance, dataset: str) -> str | None
 
 
 def build_automation(datasets: list[str]) -> dict:
-    partitions = dg.StaticPartitionsDefinition(datasets)
+    """Jobs (partitioned like the assets they select), the schedule and the sensor over ``datasets``."""
     prepare_data = dg.define_asset_job(
-        "prepare_data", selection=dg.AssetSelection.assets(*DATA_ASSET_KEYS), partitions_def=partitions,
+        "prepare_data", selection=dg.AssetSelection.assets(*DATA_ASSET_KEYS),
         description="Download, convert, index and mask the selected data sets (with their checks).")
     prepare_tables = dg.define_asset_job(
-        "prepare_tables", selection=dg.AssetSelection.assets("keypoint_tables"), partitions_def=partitions,
+        "prepare_tables", selection=dg.AssetSelection.assets("keypoint_tables"),
         description="Rebuild one data set's keypoint tables from its raw files (with their checks).")
     weekly_retraining = dg.define_asset_job(
         "weekly_retraining", selection=dg.AssetSelection.assets(*TRAINING_ASSET_KEYS),

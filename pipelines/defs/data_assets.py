@@ -63,8 +63,8 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
                 store.upload(layout.root, name_of(NAMES.raw(name)))  # new downloads join the shared cache
             rows = [(key, str(cfg.files[key]), path.stat().st_size if path.is_file() else "folder")
                     for key, path in files.items()]
-            version = (content_hash(files.values()) if files else
-                       content_hash([]) + "-" + _options_hash(cfg.adapter, cfg.options))
+            # no files (generated data): the adapter and its options are what the data depends on
+            version = content_hash(files.values()) if files else "options-" + _options_hash(cfg.adapter, cfg.options)
         return dg.MaterializeResult(
             metadata={"files": len(files), "adapter": cfg.adapter,
                       "sources": dg.MetadataValue.md(md_table(["file", "location", "bytes"], rows) if rows else
