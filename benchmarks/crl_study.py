@@ -39,6 +39,7 @@ def study_params(root: Path, args) -> dict:
     params["datasets"]["cmu"]["options"] = {"seed": 0, "test_fraction": 0.2, "cameras": args.cameras}
     params["train_dataset"] = "cmu"
     params["clips"]["length"] = args.T
+    params["masking"]["views"] = args.views
     params["clips"]["splits"]["validation_fraction"] = 0.15
     params["model"]["overrides"] = {"depth": args.depth, "dim": args.dim}
     params["pretrain"].update({"epochs": args.pretrain_epochs, "batch_size": 32, "top_k_blocks": args.top_k,
@@ -63,7 +64,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "crl-study")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dualpose-crl-study"))
-    ap.add_argument("--cameras", type=int, default=2)
+    ap.add_argument("--cameras", type=int, default=1)
+    ap.add_argument("--views", type=int, default=2, help="masked views per clip in pretraining")
     ap.add_argument("--T", type=int, default=27)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--dim", type=int, default=32)
@@ -143,7 +145,8 @@ def write_markdown(results: dict, path: Path) -> None:
         f"{s['cameras']} virtual cameras with detector-like 2D noise; 20% of the sequences are the test set, "
         "15% of the remaining recordings the validation set (model selection), the rest train.",
         f"- Model: XS shrunk to {s['depth']} blocks x {s['dim']} channels, T = {s['T']}.",
-        f"- Pretraining: CRL on the 2D of the training clips, {s['pretrain_epochs']} epochs, K = {s['top_k']}, "
+        f"- Pretraining: CRL on the 2D of the training clips ({s['views']} masked views each), "
+        f"{s['pretrain_epochs']} epochs, K = {s['top_k']}, "
         f"EMA decay {s['ema_start']} -> {s['ema_end']}.",
         f"- Finetuning: {int(s['label_fraction'] * 100)}% of the training videos keep their 3D labels; "
         f"{s['finetune_epochs']} epochs, identical for both arms (same seed, steps, data order).",
@@ -167,7 +170,7 @@ def write_markdown(results: dict, path: Path) -> None:
     lines += ["Time taken (all seeds, wall clock): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items()),
               "", "## Command", "", "```bash",
               "python benchmarks/crl_study.py --seeds " + " ".join(str(r["seed"]) for r in runs)
-              + f" --cameras {s['cameras']} --T {s['T']} --depth {s['depth']} --dim {s['dim']}"
+              + f" --cameras {s['cameras']} --views {s['views']} --T {s['T']} --depth {s['depth']} --dim {s['dim']}"
               f" --top-k {s['top_k']} --pretrain-epochs {s['pretrain_epochs']}"
               f" --finetune-epochs {s['finetune_epochs']} --label-fraction {s['label_fraction']}"
               f" --ema-start {s['ema_start']} --ema-end {s['ema_end']}",
