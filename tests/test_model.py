@@ -17,7 +17,7 @@ from dualpose.model.config import VARIANTS
 from dualpose.model.gcn import SpatialGCN, TemporalKNNGCN, normalized_adjacency
 from dualpose.skeleton import H36M_17, Skeleton
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # small ops: threads only add overhead (and spin on a busy machine)
 
 TINY = {"depth": 2, "dim": 16, "heads": 2, "rep_dim": 8}
 

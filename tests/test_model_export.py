@@ -9,7 +9,7 @@ from dualpose.model import DualPoseLifter, build_spec
 from dualpose.model.export import check_onnx, export_onnx
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is a dev dependency (pip install -e .[dev])")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # small ops: threads only add overhead (and spin on a busy machine)
 
 
 @pytest.fixture(scope="module")

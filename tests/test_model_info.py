@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from dualpose.model.config import build_spec
 from dualpose.model.info import REFERENCE_FIGURES, count_model, format_model_info, model_info
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from dualpose.errors import DataFormatError
 from dualpose.model import DualPoseBackbone, DualPoseLifter, build_spec, load_backbone_from, load_weights, save_weights
 from dualpose.model.weights import read_weights, strip_wrapper_prefixes
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # small ops: threads only add overhead (and spin on a busy machine)
 
 TINY = {"depth": 2, "dim": 16, "heads": 2, "rep_dim": 8}
 

@@ -4,6 +4,9 @@ Uses torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)`
 extra package, handles ``scaled_dot_product_attention``, ``topk`` and ``gather`` at opset >= 14,
 and keeps batch and frame axes symbolic. (The dynamo exporter, torch's default since 2.9, needs
 the optional ``onnxscript`` package.)
+
+The exported graph needs clips longer than ``k_neighbors`` frames (3+ for k = 2): the kNN
+``TopK`` has a fixed k, while PyTorch falls back to every other frame on shorter clips.
 """
 
 from __future__ import annotations

@@ -41,20 +41,18 @@ ARCHITECTURES = ("DualPoseLifter", "DualPoseBackbone")
 
 
 def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor], source: str | os.PathLike = "<memory>") -> dict[str, torch.Tensor]:
-    """Remove ``module.`` / ``_orig_mod.`` wrapper segments from every key."""
+    """Remove leading ``module.`` / ``_orig_mod.`` wrappers (and inner ``._orig_mod.``) from keys."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        parts = [p for p in key.split(".") if p not in ("module", "_orig_mod")] if _has_wrapper(key) else [key]
-        clean = ".".join(parts)
+        clean = key
+        while clean.startswith(_WRAPPER_PREFIXES):
+            clean = clean.split(".", 1)[1]
+        clean = clean.replace("._orig_mod.", ".")  # a compiled submodule
         if clean in out:
             raise DataFormatError(source, key, "unique parameter names after removing module./_orig_mod. prefixes",
                                   f"a second tensor named {clean!r}")
         out[clean] = value
     return out
-
-
-def _has_wrapper(key: str) -> bool:
-    return key.startswith(_WRAPPER_PREFIXES) or "._orig_mod." in key
 
 
 def _weights_file(source: str | os.PathLike) -> Path:
