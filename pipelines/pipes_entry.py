@@ -25,7 +25,7 @@ from typing import Any
 
 from dualpose.config import Params, load_params
 from dualpose.layout import Layout
-from pipelines.metadata import content_hash, embedded_png, md_table
+from pipelines.metadata import content_hash, embedded_png
 
 STAGES = ("pretrain", "finetune", "evaluate")
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dualpose.codec import PoseCodec
 from dualpose.config import Params
 from dualpose.data.clips import SPLITS, ClipIndex
 from dualpose.errors import ConfigError
@@ -25,9 +24,8 @@ from dualpose.eval.windows import predict_sequences
 from dualpose.layout import Layout
 from dualpose.model.flip import flip_tta
 from dualpose.model.weights import load_weights
-from dualpose.skeleton import get_skeleton
-from dualpose.train.feeds import EncodedTable
-from dualpose.train.runtime import progress_enabled, write_json
+from dualpose.train.feeds import EncodedTable, StageData
+from dualpose.train.runtime import progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +95,9 @@ def run_evaluation(params: Params, layout: Layout, weights: str = "best", split:
 
     cfg = params.evaluate
     dataset = params.train_dataset
-    skeleton = get_skeleton(params.skeleton)
     torch.manual_seed(params.seed)
-    codec = PoseCodec(skeleton)
-    table = EncodedTable.load(layout, dataset, codec)
-    if table.targets is None:
-        raise ConfigError(f"data set {dataset!r} has no 3D keypoints to evaluate against")
-    index = ClipIndex.load(layout.clips(dataset), tables=table.arrays)
+    data = StageData.load(params, layout, need_3d="evaluation")
+    skeleton, codec, table, index = data.skeleton, data.codec, data.table, data.index
     rows = split_rows(table, index, split) & table.arrays.has_3d
     if not rows.any():
         raise ConfigError(f"data set {dataset!r} has no {split} frames with 3D keypoints")

@@ -13,9 +13,12 @@ import numpy as np
 import torch
 
 from dualpose.codec import PoseCodec
+from dualpose.config import Params
 from dualpose.data.clips import ClipIndex
 from dualpose.data.schema import KeypointArrays, read_keypoint_table
+from dualpose.errors import ConfigError
 from dualpose.layout import Layout
+from dualpose.skeleton import Skeleton, get_skeleton
 
 
 @dataclass
@@ -96,8 +99,24 @@ class ClipSet:
         return out
 
 
-def load_clip_set(layout: Layout, dataset: str, split: str, codec: PoseCodec,
-                  table: EncodedTable | None = None) -> ClipSet:
-    table = table or EncodedTable.load(layout, dataset, codec)
-    index = ClipIndex.load(layout.clips(dataset), tables=table.arrays)
-    return ClipSet(table, index, split)
+@dataclass
+class StageData:
+    """What every training and evaluation stage loads first: the encoded table of
+    ``params.train_dataset`` and its (checked) clip index."""
+
+    skeleton: Skeleton
+    codec: PoseCodec
+    table: EncodedTable
+    index: ClipIndex
+
+    @classmethod
+    def load(cls, params: Params, layout: Layout, need_3d: str | None = None) -> "StageData":
+        """``need_3d``: what the 3D labels are needed for; raises when the data set has none."""
+        skeleton = get_skeleton(params.skeleton)
+        codec = PoseCodec(skeleton)
+        dataset = params.train_dataset
+        table = EncodedTable.load(layout, dataset, codec)
+        if need_3d and table.targets is None:
+            raise ConfigError(f"data set {dataset!r} has no 3D keypoints: {need_3d} needs 3D labels")
+        index = ClipIndex.load(layout.clips(dataset), tables=table.arrays)
+        return cls(skeleton, codec, table, index)

@@ -16,17 +16,14 @@ import torch
 
 from dualpose.codec import PoseCodec
 from dualpose.config import Params
-from dualpose.data.clips import ClipIndex
-from dualpose.errors import ConfigError
 from dualpose.layout import Layout
 from dualpose.model.backbone import DualPoseLifter
 from dualpose.model.config import spec_from_params
 from dualpose.model.weights import load_backbone_from, save_weights
-from dualpose.skeleton import get_skeleton
-from dualpose.train.feeds import ClipSet, EncodedTable, flip_draw
-from dualpose.train.loop import LoopSettings, Trainer, build_optimizer, write_history
+from dualpose.train.feeds import ClipSet, StageData, flip_draw
+from dualpose.train.loop import Trainer, build_optimizer, stage_settings, write_history
 from dualpose.train.losses import lifting_loss
-from dualpose.train.runtime import make_accelerator, progress_enabled, seed_everything, write_json
+from dualpose.train.runtime import make_accelerator, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +64,11 @@ def validation_mpjpe(model, clips: ClipSet, codec: PoseCodec, acc, batch_size: i
 def run_finetuning(params: Params, layout: Layout, resume: bool = True,
                    callbacks: list[Callable[[dict], None]] | None = None) -> dict:
     cfg = params.finetune
-    dataset = params.train_dataset
-    skeleton = get_skeleton(params.skeleton)
     seed_everything(params.seed)
     acc = make_accelerator(cfg.grad_accum)
 
-    codec = PoseCodec(skeleton)
-    table = EncodedTable.load(layout, dataset, codec)
-    if table.targets is None:
-        raise ConfigError(f"data set {dataset!r} has no 3D keypoints: finetuning needs 3D labels")
-    index = ClipIndex.load(layout.clips(dataset), tables=table.arrays)
+    data = StageData.load(params, layout, need_3d="finetuning")
+    skeleton, codec, table, index = data.skeleton, data.codec, data.table, data.index
     train = ClipSet(table, index, "train")
     if cfg.label_fraction < 1.0:
         train = ClipSet(table, index, "train", clip_subset=label_subset(train, cfg.label_fraction, params.seed))
@@ -113,11 +105,7 @@ def run_finetuning(params: Params, layout: Layout, resume: bool = True,
             save_weights(raw, spec, out / "best")
             write_json(out / "best" / "metrics.json", {"epoch": epoch, **metrics})
 
-    settings = LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                            save_every_steps=cfg.save_every_steps, seed=params.seed,
-                            run_dir=layout.run_dir("finetune"), max_steps=cfg.max_steps,
-                            grad_clip=cfg.optim.grad_clip, resume=resume, progress=progress_enabled(),
-                            desc="finetune")
+    settings = stage_settings(cfg, params, layout, "finetune", resume)
     trainer = Trainer(acc, settings, model, optimizer, len(train), make_batch, loss_fn, cfg.optim.lr_decay,
                       checkpoint_modules={"lifter": raw}, validate=validate, on_best=on_best,
                       callbacks=callbacks)

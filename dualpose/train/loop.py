@@ -42,6 +42,16 @@ class LoopSettings:
     desc: str = "train"
 
 
+def stage_settings(cfg, params, layout, stage: str, resume: bool) -> LoopSettings:
+    """Loop settings of the ``pretrain`` / ``finetune`` section ``cfg`` of params.yaml."""
+    from dualpose.train.runtime import progress_enabled
+
+    return LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                        save_every_steps=cfg.save_every_steps, seed=params.seed, run_dir=layout.run_dir(stage),
+                        max_steps=cfg.max_steps, grad_clip=cfg.optim.grad_clip, resume=resume,
+                        progress=progress_enabled(), desc=stage)
+
+
 @dataclass
 class LoopState:
     """Counters that travel in checkpoints (JSON-serialisable)."""

@@ -14,20 +14,17 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from dualpose.codec import PoseCodec
 from dualpose.config import Params
 from dualpose.data.masking import read_masked_table
 from dualpose.layout import Layout
 from dualpose.model.backbone import DualPoseBackbone
 from dualpose.model.config import spec_from_params
 from dualpose.model.weights import save_weights
-from dualpose.skeleton import get_skeleton
 from dualpose.train.crl import CRLModel
 from dualpose.train.ema import ema_decay
-from dualpose.train.feeds import ClipSet, EncodedTable, flip_draw
-from dualpose.train.loop import LoopSettings, Trainer, build_optimizer, write_history
-from dualpose.train.runtime import make_accelerator, progress_enabled, seed_everything, write_json
-from dualpose.data.clips import ClipIndex
+from dualpose.train.feeds import ClipSet, StageData, flip_batch, flip_draw
+from dualpose.train.loop import Trainer, build_optimizer, stage_settings, write_history
+from dualpose.train.runtime import make_accelerator, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +37,11 @@ def run_pretraining(params: Params, layout: Layout, resume: bool = True,
                     callbacks: list[Callable[[dict], None]] | None = None) -> dict:
     cfg = params.pretrain
     dataset = params.train_dataset
-    skeleton = get_skeleton(params.skeleton)
     seed_everything(params.seed)
     acc = make_accelerator(cfg.grad_accum)
 
-    codec = PoseCodec(skeleton)
-    table = EncodedTable.load(layout, dataset, codec)
-    index = ClipIndex.load(layout.clips(dataset), tables=table.arrays)
+    data = StageData.load(params, layout)
+    skeleton, table, index = data.skeleton, data.table, data.index
     splits = ["train"] + (["test"] if cfg.transductive_test_2d else [])
     clip_sets = [ClipSet(table, index, s) for s in splits]
     masked = read_masked_table(layout.masked(dataset), T=params.clips.length, num_joints=skeleton.num_joints,
@@ -70,19 +65,13 @@ def run_pretraining(params: Params, layout: Layout, resume: bool = True,
         mask = torch.from_numpy(masked.for_clips(clip_ids[clip_pos], view))
         flip = flip_draw(params.seed, micro_step * acc.num_processes + acc.process_index, len(items),
                          cfg.flip_probability)
-        from dualpose.train.feeds import flip_batch
-
         x = flip_batch(x, flip, perm)
         return {"input": x.to(acc.device), "mask": mask.to(acc.device)}
 
     def loss_fn(batch: dict, step: int):
         return model(batch["input"], batch["mask"])
 
-    settings = LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                            save_every_steps=cfg.save_every_steps, seed=params.seed,
-                            run_dir=layout.run_dir("pretrain"), max_steps=cfg.max_steps,
-                            grad_clip=cfg.optim.grad_clip, resume=resume, progress=progress_enabled(),
-                            desc="pretrain")
+    settings = stage_settings(cfg, params, layout, "pretrain", resume)
     trainer: Trainer | None = None
     collapse = {"low": 0}
 
