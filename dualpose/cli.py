@@ -161,6 +161,27 @@ def run_all(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Over
     _run(body)
 
 
+@app.command()
+def predict(keypoints: Path = typer.Argument(..., help="Detector output: a JSON file of 2D keypoints."),
+            out: Path = typer.Option(Path("prediction.npz"), "--out", help="Where to write the 3D poses (.npz)."),
+            fmt: str = typer.Option("coco17", "--format", help="coco17, halpe26 or blazepose33."),
+            weights: Path = typer.Option(Path("artifacts/models/finetune/best"), help="Finetuned weights folder."),
+            width: Optional[int] = typer.Option(None, help="Image width in pixels (if the file lacks it)."),
+            height: Optional[int] = typer.Option(None, help="Image height in pixels (if the file lacks it)."),
+            fps: float = typer.Option(30.0, help="Frame rate when the file lacks it (recorded only)."),
+            subject_height_mm: float = typer.Option(1700.0, help="Assumed stature for the millimetre output."),
+            flip: bool = typer.Option(True, help="Flip test-time augmentation.")):
+    """Lift your own 2D keypoint sequence to root-relative 3D poses (normalised and millimetres)."""
+    def body():
+        from dualpose.infer import lift_keypoints_file, save_prediction
+
+        result = lift_keypoints_file(keypoints, weights, fmt, width, height, fps, subject_height_mm, flip)
+        save_prediction(result, out)
+        typer.echo(f"{len(result['poses_3d'])} frames -> {out} (poses_3d: normalised, poses_3d_mm: scaled to a "
+                   f"{subject_height_mm:.0f} mm stature; root-relative, camera axes x right, y down, z forward)")
+    _run(body)
+
+
 @app.command("model-info")
 def model_info(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
                variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="Only these variants.")):
