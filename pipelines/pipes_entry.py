@@ -25,7 +25,7 @@ from typing import Any
 
 from dualpose.config import Params, load_params
 from dualpose.layout import Layout
-from pipelines.metadata import content_hash, embedded_png
+from pipelines.metadata import content_hash
 
 STAGES = ("pretrain", "finetune", "evaluate")
 
@@ -77,6 +77,12 @@ def _md(text: str) -> dict:
     return {"raw_value": text, "type": "md"}
 
 
+def _png(path: Path) -> dict:
+    """A plot, reported by path: the asset embeds it after the subprocess ends (a base64 image inside a
+    Pipes message can reach the reader half-written)."""
+    return {"raw_value": str(path), "type": "path"}
+
+
 def _num(value: Any) -> dict:
     if isinstance(value, bool):
         return {"raw_value": value, "type": "bool"}
@@ -103,7 +109,7 @@ def _curve(series: dict[str, list], path: Path, title: str, ylabel: str) -> dict
     if not series:
         return None
     plot_loss_curves(series, path, title=title, ylabel=ylabel)
-    return _md(embedded_png(path, title))
+    return _png(path)
 
 
 def pretrain_metadata(layout: Layout, result: dict) -> tuple[dict, str]:
@@ -158,7 +164,7 @@ def evaluate_metadata(layout: Layout, result: dict, params: Params) -> tuple[dic
     for plot in result.get("plots", []):
         path = Path(plot)
         if path.is_file():
-            meta[f"plot_{path.stem}"] = _md(embedded_png(path, path.stem.replace("_", " ")))
+            meta[f"plot_{path.stem}"] = _png(path)
     report = Path(result["report"])
     meta["report"] = {"raw_value": str(report), "type": "path"}
     meta["dataset"] = {"raw_value": params.train_dataset, "type": "text"}

@@ -17,6 +17,7 @@ import dagster as dg
 from dualpose.config import Params
 from pipelines import settings
 from pipelines.defs.resources import DualPoseConfig, StorageResource, TrainingLauncher
+from pipelines.metadata import embedded_png
 from pipelines.staging import NAMES
 
 TRAINING_GROUP = "training"
@@ -49,9 +50,17 @@ def _run_stage(context: dg.AssetExecutionContext, stage: str, dualpose: DualPose
         entry_args = launcher.entry_args(stage, dualpose, layout.root, extra_args)
         invocation = launcher.run(context, entry_args, extras={"stage": stage, "dataset": train_dataset})
         result = invocation.get_materialize_result()
-        metadata = {k: _stored_location(v, layout.root, store) for k, v in (result.metadata or {}).items()}
+        reported = {k: _embedded_plot(k, v) for k, v in (result.metadata or {}).items()}
+        metadata = {k: _stored_location(v, layout.root, store) for k, v in reported.items()}
     metadata["storage_root"] = dg.MetadataValue.text(store.root)
     return dg.MaterializeResult(metadata=metadata, data_version=result.data_version)
+
+
+def _embedded_plot(key: str, value):
+    """PNG plots arrive as paths (in the staging folder, still there); show them as images."""
+    if isinstance(value, dg.PathMetadataValue) and str(value.path).endswith(".png") and Path(value.path).is_file():
+        return dg.MetadataValue.md(embedded_png(Path(value.path), key.removeprefix("plot_").replace("_", " ")))
+    return value
 
 
 def _stored_location(value, local_root, store):
