@@ -41,7 +41,7 @@ def study_params(root: Path, args) -> dict:
     params["clips"]["length"] = args.T
     params["masking"]["views"] = args.views
     params["clips"]["splits"]["validation_fraction"] = 0.15
-    params["model"]["overrides"] = {"depth": args.depth, "dim": args.dim}
+    params["model"]["overrides"] = {"depth": args.depth, "dim": args.dim, "layer_scale_init": args.layer_scale}
     params["pretrain"].update({"epochs": args.pretrain_epochs, "batch_size": 32, "top_k_blocks": args.top_k,
                                "ema_start": args.ema_start, "ema_end": args.ema_end})
     params["finetune"].update({"epochs": args.finetune_epochs, "batch_size": args.finetune_batch,
@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--top-k", type=int, default=2)
+    ap.add_argument("--layer-scale", type=float, default=1e-5, help="layer-scale initialisation of every block")
     ap.add_argument("--pretrain-epochs", type=int, default=3)
     ap.add_argument("--finetune-epochs", type=int, default=60)
     ap.add_argument("--finetune-batch", type=int, default=8)
@@ -145,7 +146,8 @@ def write_markdown(results: dict, path: Path) -> None:
         f"- Data: `../shared/data/cmu/cmu_train.npz` (63 sequences, 11,070 frames at 30 fps) filmed by "
         f"{s['cameras']} virtual cameras with detector-like 2D noise; 20% of the sequences are the test set, "
         "15% of the remaining recordings the validation set (model selection), the rest train.",
-        f"- Model: XS shrunk to {s['depth']} blocks x {s['dim']} channels, T = {s['T']}.",
+        f"- Model: XS shrunk to {s['depth']} blocks x {s['dim']} channels, T = {s['T']}, layer scale initialised "
+        f"to {s.get('layer_scale', 1e-5):g}.",
         f"- Pretraining: CRL on the 2D of the training clips ({s['views']} masked views each), "
         f"{s['pretrain_epochs']} epochs, K = {s['top_k']}, "
         f"EMA decay {s['ema_start']} -> {s['ema_end']}.",
@@ -173,6 +175,7 @@ def write_markdown(results: dict, path: Path) -> None:
               "", "## Command", "", "```bash",
               "python benchmarks/crl_study.py --seeds " + " ".join(str(r["seed"]) for r in runs)
               + f" --cameras {s['cameras']} --views {s['views']} --T {s['T']} --depth {s['depth']} --dim {s['dim']}"
+              f" --layer-scale {s.get('layer_scale', 1e-5):g}"
               f" --top-k {s['top_k']} --pretrain-epochs {s['pretrain_epochs']}"
               f" --finetune-epochs {s['finetune_epochs']} --finetune-batch {s['finetune_batch']}"
               f" --label-fraction {s['label_fraction']}"
