@@ -1,0 +1,70 @@
+"""How contextual are the CRL targets? Diagnostics of a pretrained backbone on real clips.
+
+For the teacher targets (the average of the normalised outputs of the last K blocks) this reports:
+
+- ``block_share``: ||h_K - e|| / ||e||, how far the blocks moved the tokens away from their
+  embedding ``e`` (0 means every block is still an identity);
+- ``linear_r2``: the R^2 of the best linear map from each token's own input (x, y, confidence,
+  joint one-hot) to its target. Near 1, the target is a function of the token alone: predicting
+  it for a masked token is masked 2D reconstruction, not contextual representation learning.
+
+Usage (after `benchmarks/crl_study.py`)::
+
+    python benchmarks/crl_diagnostics.py /tmp/dualpose-crl-study/seed0/params.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from dualpose.config import load_params
+from dualpose.layout import Layout
+from dualpose.model.weights import load_weights
+from dualpose.train.crl import normalise_block_output
+from dualpose.train.feeds import ClipSet, StageData
+
+
+@torch.no_grad()
+def diagnose(params_path: str, clips: int = 256, top_k: int | None = None) -> dict:
+    params = load_params(params_path)
+    layout = Layout.from_root(params.storage.root)
+    data = StageData.load(params, layout)
+    train = ClipSet(data.table, data.index, "train")
+    items = np.random.default_rng(0).choice(len(train), size=min(clips, len(train)), replace=False)
+    x = train.batch(items)["input"]
+    backbone = load_weights(layout.model("pretrain"))
+    backbone.eval()
+    k = top_k or params.pretrain.top_k_blocks
+    embedded = backbone.embed(x)
+    _, blocks = backbone.forward_features(embedded, return_blocks=True)
+    target = torch.stack([normalise_block_output(h, params.pretrain.target_norm) for h in blocks[-k:]]).mean(0)
+    share = float((blocks[-1] - embedded).norm() / embedded.norm())
+    j = x.shape[2]
+    features = torch.cat([x, torch.eye(j).expand(*x.shape[:2], j, j), torch.ones(*x.shape[:3], 1)], -1)
+    a = features.reshape(-1, features.shape[-1]).double()
+    y = target.reshape(-1, target.shape[-1]).double()
+    solution = torch.linalg.lstsq(a, y).solution
+    residual = ((a @ solution - y) ** 2).sum()
+    r2 = float(1 - residual / ((y - y.mean(0)) ** 2).sum())
+    layer_scales = [float(p.abs().mean()) for n, p in backbone.named_parameters() if "ls" in n.split(".")[-1]
+                    or "layer_scale" in n or n.endswith(("gamma", "ls1", "ls2"))]
+    return {"params": params_path, "clips": int(len(items)), "top_k": k, "block_share": share, "linear_r2": r2,
+            "mean_abs_layer_scale": float(np.mean(layer_scales)) if layer_scales else None,
+            "layer_scale_init": backbone.spec.layer_scale_init}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("params", nargs="+")
+    ap.add_argument("--clips", type=int, default=256)
+    args = ap.parse_args()
+    for path in args.params:
+        print(json.dumps(diagnose(path, args.clips), indent=1))
+
+
+if __name__ == "__main__":
+    main()
