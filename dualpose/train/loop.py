@@ -226,7 +226,8 @@ class Trainer:
                     record["seq_per_s"] = seqs_per_step * steps_timed / max(time.perf_counter() - t0, 1e-9)
                     self._log(record)
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", ep=epoch)
+                rate = seqs_per_step * steps_timed / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", ep=epoch, seq_s=f"{rate:.1f}")
                 finished = self.state.step >= self.total_steps
                 if finished or self.state.step % self.steps_per_epoch == 0:
                     self._end_of_epoch(epoch)  # before any checkpoint, so a resume never skips it
