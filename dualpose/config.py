@@ -87,7 +87,12 @@ class PretrainConfig(Section):
     grad_accum: int = 1
     optim: OptimConfig = Field(default_factory=OptimConfig)
     top_k_blocks: int = 6  # K: targets average the last K teacher blocks
+    # What of each top-K teacher block is a target: "ffn" = its feed-forward output before layer
+    # scale and the last residual connection (data2vec), or "output" = the post-residual block
+    # output (under layer scale 1e-5 ~99% the token's own input: near masked 2D reconstruction).
+    target: Literal["ffn", "output"] = "ffn"
     target_norm: Literal["instance", "layer"] = "instance"
+    fresh_masks: bool = True  # a new mask per (clip, epoch, view); false: the same masks every epoch
     ema_start: float = 0.999
     ema_end: float = 0.9999
     ema_ramp_fraction: float = 0.3  # of all optimiser steps
