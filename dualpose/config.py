@@ -119,6 +119,9 @@ class FinetuneConfig(Section):
     flip_probability: float = 0.5
     label_fraction: float = Field(1.0, gt=0.0, le=1.0)  # of training videos with 3D labels
     init: Literal["pretrained", "scratch"] = "pretrained"
+    # "validation": the epoch with the lowest validation MPJPE is best/; "last": no validation
+    # hold-out needed (train on every training subject), best/ is the last epoch
+    select: Literal["validation", "last"] = "validation"
     save_every_steps: int = 500
     max_steps: int | None = None
     num_workers: int = 0
@@ -132,6 +135,8 @@ class EvaluateConfig(Section):
     mode: Literal["auto", "average", "centre"] = "auto"
     stride: int | None = None  # window stride in "average" mode; default clips.test_stride
     per_action: bool = True  # average per action, then across actions (Human3.6M protocol)
+    # also score the references' test clips (non-overlapping T windows, tails dropped) in average mode
+    reference_windows: bool = True
     pck_threshold_mm: float = 150.0
     auc_max_mm: float = 150.0
     auc_step_mm: float = 5.0
