@@ -7,6 +7,7 @@ params.yaml is an error naming the key instead of a silently ignored setting.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dualpose.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
@@ -205,8 +208,32 @@ def params_from_dict(data: dict, source: str = "<dict>") -> Params:
         raise ConfigError(f"{source}: invalid parameters:\n" + "\n".join(lines)) from None
 
 
+SIZE_OVERRIDES = ("depth", "dim")  # model.overrides keys that change a variant's size
+
+
+def _reset_size_on_variant_change(data: dict, overrides: list[str] | None, source: str) -> None:
+    """``-o model.variant=B`` on a params file whose ``model.overrides`` shrink the model (the
+    quick start's 4 x 32) would silently train a shrunken B: drop those size overrides, loudly,
+    unless the command line sets ``model.overrides`` itself."""
+    keys = [item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item]
+    if "model.variant" not in keys or any(k == "model.overrides" or k.startswith("model.overrides.") for k in keys):
+        return
+    model = data.get("model")
+    sizes = model.get("overrides") if isinstance(model, dict) else None
+    if not isinstance(sizes, dict):
+        return
+    dropped = {k: sizes.pop(k) for k in SIZE_OVERRIDES if k in sizes}
+    if dropped:
+        log.warning("%s: model.variant set on the command line, so the file's size overrides %s are dropped "
+                    "(the %s variant keeps its own depth and dim); set -o model.overrides.depth=... to size it",
+                    source, dropped, model.get("variant"))
+
+
 def load_params(path: str | os.PathLike = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read params.yaml (or start from defaults if ``path`` is None) and apply overrides."""
+    """Read params.yaml (or start from defaults if ``path`` is None) and apply overrides.
+
+    Changing ``model.variant`` with ``-o`` drops the file's ``model.overrides`` depth/dim (see
+    :func:`_reset_size_on_variant_change`)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -219,4 +246,5 @@ def load_params(path: str | os.PathLike = "params.yaml", overrides: list[str] | 
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     apply_overrides(data, overrides)
+    _reset_size_on_variant_change(data, overrides, str(path))
     return params_from_dict(data, str(path))

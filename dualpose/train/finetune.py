@@ -115,7 +115,7 @@ def run_finetuning(params: Params, layout: Layout, resume: bool = True,
             save_weights(raw, spec, out / "best")
             write_json(out / "best" / "metrics.json", {"epoch": epoch, **metrics})
 
-    settings = stage_settings(cfg, params, layout, "finetune", resume)
+    settings = stage_settings(cfg, params, layout, "finetune", resume, acc.num_processes)
     trainer = Trainer(acc, settings, model, optimizer, len(train), make_batch, loss_fn, cfg.optim.lr_decay,
                       checkpoint_modules={"lifter": raw}, validate=validate, on_best=on_best,
                       callbacks=callbacks)
@@ -138,6 +138,7 @@ def run_finetuning(params: Params, layout: Layout, resume: bool = True,
         "last_val_mpjpe_mm": validations[-1]["val_mpjpe_mm"] if validations else float("nan"),
         "final_loss": next((r["loss"] for r in reversed(state.history) if r["kind"] == "train"), float("nan")),
         "processes": acc.num_processes,
+        "global_batch": cfg.batch_size,
     }
     if acc.is_main_process:
         save_weights(raw, spec, out / "last")

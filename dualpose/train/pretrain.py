@@ -72,7 +72,7 @@ def run_pretraining(params: Params, layout: Layout, resume: bool = True,
     def loss_fn(batch: dict, step: int):
         return model(batch["input"], batch["mask"])
 
-    settings = stage_settings(cfg, params, layout, "pretrain", resume)
+    settings = stage_settings(cfg, params, layout, "pretrain", resume, acc.num_processes)
     trainer: Trainer | None = None
     collapse = {"low": 0}
 
@@ -117,6 +117,7 @@ def run_pretraining(params: Params, layout: Layout, resume: bool = True,
         "clips": int(len(clip_ids)),
         "views": int(views),
         "processes": acc.num_processes,
+        "global_batch": cfg.batch_size,
     }
     if acc.is_main_process:
         save_weights(raw.student, spec, out)
