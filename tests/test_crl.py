@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,3 +126,31 @@ def test_a_collapsing_run_stops_loudly(tiny_params_path, monkeypatch):
     with pytest.raises(pretrain_module.CollapseError, match="pretraining collapsed: normalised target variance 0"):
         pretrain_module.run_pretraining(params, layout)
     assert not (layout.model("pretrain") / "model.safetensors").exists()
+
+
+def test_pretraining_draws_each_epochs_masks_from_a_new_stream(tiny_params_path, monkeypatch):
+    """Every (clip, view) is seen once per epoch, with that epoch's masks: no clip sees the same
+    mask twice in a run (epoch e uses streams e * views + view of the recorded plan)."""
+    from dualpose.data.masking import MaskedInputs
+
+    params = load_params(tiny_params_path)
+    layout = Layout.from_root(params.storage.root)
+    prepare_dataset(params, "synthetic", layout, tiny_params_path.parent)
+    build_clips(params, layout, "synthetic")
+    build_masks(params, layout, "synthetic")
+    params.pretrain.epochs = 2
+    seen: list[tuple[int, int, int]] = []
+    original = MaskedInputs.for_epoch
+
+    def recording(self, clip_ids, view, epoch):
+        views = np.broadcast_to(np.asarray(view), np.asarray(clip_ids).shape)
+        seen.extend((int(c), int(v), int(epoch)) for c, v in zip(clip_ids, views))
+        return original(self, clip_ids, view, epoch)
+
+    monkeypatch.setattr(MaskedInputs, "for_epoch", recording)
+    pretrain_module.run_pretraining(params, layout)
+    assert {e for _, _, e in seen} == {0, 1}
+    # within an epoch each (clip, view) is drawn at most once, so each mask stream is used once
+    assert len(seen) == len(set(seen))
+    streams = {(c, e * params.masking.views + v) for c, v, e in seen}
+    assert len(streams) == len(seen)
