@@ -88,7 +88,11 @@ def main() -> None:
                     help="CRL target: the top blocks' pre-residual FFN outputs (data2vec) or their outputs (v1)")
     ap.add_argument("--same-masks", action="store_true", help="reuse the table's masks every epoch (v1)")
     ap.add_argument("--temporal-pos-emb", choices=["learned", "sinusoidal", "none"], default="learned")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the markdown from results.json")
     args = ap.parse_args()
+    if args.report_only:
+        write_markdown(json.loads((args.out / "results.json").read_text()), args.out.with_suffix(".md"))
+        return
     if not CMU.exists():
         sys.exit(f"{CMU} not found: this study needs the CMU data in ../shared/data/cmu")
 
@@ -140,9 +144,16 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def paired_gain(runs: list[dict], key: str) -> list[float]:
+    """Pretrained minus scratch per seed (negative: pretraining helped)."""
+    return [r["pretrained"][key] - r["scratch"][key] for r in runs]
+
+
 def write_markdown(results: dict, path: Path) -> None:
     runs = results["runs"]
     s = results["settings"]
+    v1_path = path.with_suffix("") / "results-v1.json"
+    v1 = json.loads(v1_path.read_text())["runs"] if v1_path.exists() else []
     lines = [
         "# CRL pretraining on real motion (CMU), small scale",
         "",
@@ -154,34 +165,44 @@ def write_markdown(results: dict, path: Path) -> None:
         "## Setup",
         "",
         f"- Data: `../shared/data/cmu/cmu_train.npz` (63 sequences, 11,070 frames at 30 fps) filmed by "
-        f"{s['cameras']} virtual cameras with detector-like 2D noise; 20% of the sequences are the test set, "
+        f"{s['cameras']} virtual camera(s) with detector-like 2D noise; 20% of the sequences are the test set, "
         "15% of the remaining recordings the validation set (model selection), the rest train.",
         f"- Model: XS shrunk to {s['depth']} blocks x {s['dim']} channels, T = {s['T']}, layer scale initialised "
-        f"to {s.get('layer_scale', 1e-5):g}.",
-        f"- Pretraining: CRL on the 2D of the training clips ({s['views']} masked views each), "
-        f"{s['pretrain_epochs']} epochs, K = {s['top_k']}, "
+        f"to {s.get('layer_scale', 1e-5):g}, temporal position embedding `{s.get('temporal_pos_emb', 'none')}`.",
+        f"- Pretraining: CRL on the 2D of the training clips ({s['views']} masked views each, "
+        f"{'the same masks every epoch' if s.get('same_masks', True) else 'a new mask per clip, epoch and view'}), "
+        f"{s['pretrain_epochs']} epochs, K = {s['top_k']}, targets = the top blocks' "
+        f"{'FFN outputs before layer scale and the last residual (data2vec)' if s.get('target') == 'ffn' else 'outputs'}, "
         f"EMA decay {s['ema_start']} -> {s['ema_end']}.",
         f"- Finetuning: {int(s['label_fraction'] * 100)}% of the training videos keep their 3D labels; "
         f"{s['finetune_epochs']} epochs at batch {s['finetune_batch']}, identical for both arms (same seed, steps, "
         "data order).",
-        "- Score: test MPJPE / P-MPJPE (mm) of the validation-selected weights, flip TTA.",
+        "- Score: test MPJPE / P-MPJPE (mm) of the validation-selected weights, flip TTA. Token-local R²: how "
+        "much of a token's teacher target the best linear map of its own input explains "
+        "(`benchmarks/crl_diagnostics.py`, 256 training clips, after pretraining).",
         "",
         "## Results",
         "",
-        "| seed | pretrained P1 | scratch P1 | pretrained P2 | scratch P2 | pretrain final loss | target var |",
+        "| seed | pretrained P1 | scratch P1 | pretrained P2 | scratch P2 | pretrain final loss | token-local R² |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in runs:
+        r2 = r.get("diagnostics", {}).get("linear_r2")
         lines.append(f"| {r['seed']} | {r['pretrained']['test_mpjpe_mm']:.1f} | {r['scratch']['test_mpjpe_mm']:.1f} | "
                      f"{r['pretrained']['test_p_mpjpe_mm']:.1f} | {r['scratch']['test_p_mpjpe_mm']:.1f} | "
-                     f"{r['pretrain']['final_loss']:.4f} | {r['pretrain']['final_target_var']:.3g} |")
-    pre = [r["pretrained"]["test_mpjpe_mm"] for r in runs]
-    scr = [r["scratch"]["test_mpjpe_mm"] for r in runs]
-    pre2 = [r["pretrained"]["test_p_mpjpe_mm"] for r in runs]
-    scr2 = [r["scratch"]["test_p_mpjpe_mm"] for r in runs]
-    lines += [f"| mean ± sd | {_mean_sd(pre)} | {_mean_sd(scr)} | {_mean_sd(pre2)} | {_mean_sd(scr2)} | | |", ""]
+                     f"{r['pretrain']['final_loss']:.4f} | {'' if r2 is None else f'{r2:.3f}'} |")
+    cols = [[r[a][k] for r in runs] for a, k in (("pretrained", "test_mpjpe_mm"), ("scratch", "test_mpjpe_mm"),
+                                                  ("pretrained", "test_p_mpjpe_mm"), ("scratch", "test_p_mpjpe_mm"))]
+    lines += ["| mean ± sd | " + " | ".join(_mean_sd(c) for c in cols) + " | | |", ""]
+    gains = [("this study", runs)] + ([("before (v1: post-residual targets, same masks every epoch, no frame "
+                                        "order; `crl-study/results-v1.json`)", v1)] if v1 else [])
+    lines += ["Paired gain (pretrained minus scratch, same seed; negative = pretraining helped):", "",
+              "| run | P1 per seed (mm) | P1 mean ± sd | P2 mean ± sd |", "|---|---|---|---|"]
+    for name, rr in gains:
+        p1, p2 = paired_gain(rr, "test_mpjpe_mm"), paired_gain(rr, "test_p_mpjpe_mm")
+        lines.append(f"| {name} | {', '.join(f'{g:+.1f}' for g in p1)} | {_mean_sd(p1)} | {_mean_sd(p2)} |")
     secs = {k: sum(r["seconds"][k] for r in runs) for k in runs[0]["seconds"]} if runs else {}
-    lines += ["Time taken (all seeds, wall clock): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items()),
+    lines += ["", "Time taken (all seeds, wall clock): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items()),
               "", "## Command", "", "```bash",
               "python benchmarks/crl_study.py --seeds " + " ".join(str(r["seed"]) for r in runs)
               + f" --cameras {s['cameras']} --views {s['views']} --T {s['T']} --depth {s['depth']} --dim {s['dim']}"
@@ -189,8 +210,13 @@ def write_markdown(results: dict, path: Path) -> None:
               f" --top-k {s['top_k']} --pretrain-epochs {s['pretrain_epochs']}"
               f" --finetune-epochs {s['finetune_epochs']} --finetune-batch {s['finetune_batch']}"
               f" --label-fraction {s['label_fraction']}"
-              f" --ema-start {s['ema_start']} --ema-end {s['ema_end']}",
+              f" --ema-start {s['ema_start']} --ema-end {s['ema_end']}"
+              f" --target {s.get('target', 'output')} --temporal-pos-emb {s.get('temporal_pos_emb', 'none')}"
+              + (" --same-masks" if s.get("same_masks") else ""),
               "```", ""]
+    reading = path.with_name(path.stem + "-reading.md")
+    if reading.exists():  # the hand-written interpretation, kept apart from the generated figures
+        lines += [reading.read_text()]
     path.write_text("\n".join(lines))
 
 
