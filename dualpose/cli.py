@@ -182,6 +182,89 @@ def predict(keypoints: Path = typer.Argument(..., help="Detector output: a JSON 
     _run(body)
 
 
+@app.command()
+def infer(source: Path = typer.Argument(..., help="A video file, a folder of images, or a keypoint JSON file."),
+          out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <source>_3d)."),
+          weights: Optional[str] = typer.Option(None, help="Weights folder or name (default: the packaged "
+                                                "dualpose-xs-cmu; see `dualpose weights list`)."),
+          fmt: str = typer.Option("coco17", "--format", help="Keypoint file format: coco17, halpe26, blazepose33."),
+          person: str = typer.Option("all", help="Which tracks: all, longest, largest, central, first or id:N."),
+          fps: Optional[float] = typer.Option(None, help="Source frame rate (overrides the file's; needed for "
+                                              "image folders). Tracks are resampled to the model's rate."),
+          width: Optional[int] = typer.Option(None, help="Image width for keypoint files that lack it."),
+          height: Optional[int] = typer.Option(None, help="Image height for keypoint files that lack it."),
+          stature_mm: Optional[float] = typer.Option(None, help="Subject's stature for the metric scale "
+                                                     "(default 1700, recorded as assumed)."),
+          focal_px: Optional[float] = typer.Option(None, help="Camera focal length in pixels (root trajectory)."),
+          smooth: bool = typer.Option(False, help="Also write One-Euro smoothed poses (raw ones are kept)."),
+          render: bool = typer.Option(False, help="Render render.mp4: video + 2D overlay beside the 3D view."),
+          viewer: bool = typer.Option(True, help="Write viewer.html, an offline interactive 3D viewer."),
+          formats: str = typer.Option("npz,parquet,csv,json", help="Comma-separated output formats."),
+          flip: bool = typer.Option(True, help="Flip test-time augmentation."),
+          device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
+          max_frames: Optional[int] = typer.Option(None, help="Only the first N frames of a video.")):
+    """Video / images / keypoints -> person tracks -> 3D per track -> npz, Parquet, CSV, JSON, MP4, HTML."""
+    def body():
+        from dualpose.errors import ConfigError
+        from dualpose.video.lift import Lifter
+        from dualpose.video.pipeline import InferOptions, run_infer
+        from dualpose.weights import resolve_weights
+
+        folder = resolve_weights(weights)
+        lifter = Lifter.from_weights(folder, device=device, flip=flip, name=weights or folder.name)
+        options = InferOptions(keypoint_format=fmt, person=person, fps=fps, width=width, height=height,
+                               stature_mm=stature_mm or 1700.0, focal_px=focal_px, smooth=smooth, render=render,
+                               viewer=viewer, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+                               flip=flip, device=device, max_frames=max_frames)
+        target = out or source.with_name(source.stem + "_3d")
+        try:
+            run = run_infer(source, target, lifter, options, stature_given=stature_mm is not None)
+        except (ImportError, ValueError) as exc:  # missing optional extra, bad option value
+            if isinstance(exc, DualPoseError):
+                raise
+            raise ConfigError(str(exc)) from None
+        typer.echo(f"{run.frames} frames, {len(run.result.tracks)} track(s) lifted with {lifter.name} "
+                   f"on {lifter.device.type}")
+        for t in run.result.tracks:
+            typer.echo(f"  track {t.track_id}: frames {t.frame[0]}-{t.frame[-1]} ({int(t.valid.sum())} detected)")
+        for kind, path in run.files.items():
+            typer.echo(f"  {kind:>7}: {path}")
+    _run(body)
+
+
+weights_app = typer.Typer(no_args_is_help=True, help="Ready-to-use model weights: list and pull.")
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("list")
+def weights_list(catalog: Optional[str] = typer.Option(None, help="Catalogue path or URL (default: packaged).")):
+    """Packaged, pulled and downloadable weights."""
+    def body():
+        from dualpose.weights import DEFAULT_WEIGHTS, list_weights
+
+        entries = list_weights(catalog)
+        if not entries:
+            typer.echo("no weights installed or catalogued")
+        for e in entries:
+            mark = " (default)" if e.name == DEFAULT_WEIGHTS else ""
+            where = str(e.path) if e.path else e.url
+            typer.echo(f"{e.name}{mark}  [{e.where}]  {where}" + (f"  - {e.description}" if e.description else ""))
+    _run(body)
+
+
+@weights_app.command("pull")
+def weights_pull(name: str = typer.Argument(..., help="A name from `dualpose weights list`."),
+                 catalog: Optional[str] = typer.Option(None, help="Catalogue path or URL (default: packaged)."),
+                 force: bool = typer.Option(False, help="Download again even if present.")):
+    """Download catalogued weights (sha256-checked, resumable) into the weights cache."""
+    def body():
+        from dualpose.weights import pull_weights
+
+        folder = pull_weights(name, catalog, force=force)
+        typer.echo(f"{name} -> {folder}")
+    _run(body)
+
+
 @app.command("model-info")
 def model_info(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
                variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="Only these variants.")):
