@@ -202,7 +202,10 @@ def infer(source: Path = typer.Argument(..., help="A video file, a folder of ima
           formats: str = typer.Option("npz,parquet,csv,json", help="Comma-separated output formats."),
           flip: bool = typer.Option(True, help="Flip test-time augmentation."),
           device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
-          max_frames: Optional[int] = typer.Option(None, help="Only the first N frames of a video.")):
+          max_frames: Optional[int] = typer.Option(None, help="Only the first N frames of a video."),
+          detector_python: Optional[str] = typer.Option(None, envvar="DUALPOSE_MEDIAPIPE_PYTHON",
+                                                        help="Python of a separate MediaPipe environment "
+                                                        "(MediaPipe needs protobuf<5); see docs/video.md.")):
     """Video / images / keypoints -> person tracks -> 3D per track -> npz, Parquet, CSV, JSON, MP4, HTML."""
     def body():
         from dualpose.errors import ConfigError
@@ -215,7 +218,8 @@ def infer(source: Path = typer.Argument(..., help="A video file, a folder of ima
         options = InferOptions(keypoint_format=fmt, person=person, fps=fps, width=width, height=height,
                                stature_mm=stature_mm or 1700.0, focal_px=focal_px, smooth=smooth, render=render,
                                viewer=viewer, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                               flip=flip, device=device, max_frames=max_frames)
+                               flip=flip, device=device, max_frames=max_frames,
+                               detector_python=detector_python)
         target = out or source.with_name(source.stem + "_3d")
         try:
             run = run_infer(source, target, lifter, options, stature_given=stature_mm is not None)

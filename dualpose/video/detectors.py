@@ -105,11 +105,12 @@ def _from_people(rows: list[tuple[int, Person]], fmt, *, width: int, height: int
 
 # ----------------------------------------------------------------------------- MediaPipe
 class MediaPipeDetector:
-    """MediaPipe BlazePose (one person per frame, video mode with temporal tracking).
+    """MediaPipe BlazePose in this process (one person per frame, video mode with tracking).
 
-    Needs the optional extra ``mediapipe`` (``pip install 'dualpose[video]'``; mediapipe 0.10.21:
-    only ``model_complexity=1`` is inside the wheel, 0 and 2 would be downloaded). World
-    landmarks (metres, hip-centred) are kept for comparisons.
+    Needs ``mediapipe`` importable here (mediapipe 0.10.21: only ``model_complexity=1`` is inside
+    the wheel, 0 and 2 would be downloaded). MediaPipe needs protobuf < 5, which conflicts with
+    DualPose's own dependencies; in a DualPose environment use :func:`run_mediapipe_worker` (a
+    separate environment's interpreter) instead. World landmarks (metres) are kept for comparisons.
     """
 
     keypoint_format = "blazepose33"
@@ -146,6 +147,23 @@ def landmarks_to_people(result: Any, width: int, height: int) -> list[Person]:
     world = getattr(result, "pose_world_landmarks", None)
     xyz = None if world is None else np.array([(p.x, p.y, p.z) for p in world.landmark], dtype=np.float64)
     return [Person(lm[:, :2] * np.array([width, height]), lm[:, 2], float(np.mean(lm[:, 2])), xyz)]
+
+
+def run_mediapipe_worker(python: str | os.PathLike, video: str | os.PathLike, out_json: str | os.PathLike,
+                         max_frames: int | None = None) -> Path:
+    """Run :mod:`dualpose.video.mediapipe_worker` with another environment's interpreter."""
+    import subprocess
+
+    script = Path(__file__).with_name("mediapipe_worker.py")
+    cmd = [os.fspath(python), str(script), os.fspath(video), os.fspath(out_json)]
+    if max_frames is not None:
+        cmd += ["--max-frames", str(max_frames)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise DataFormatError(video, "mediapipe worker", f"BlazePose landmarks from {python}",
+                              f"exit {proc.returncode}: {' | '.join(tail)}")
+    return Path(out_json)
 
 
 # -------------------------------------------------------------------------- keypoint files
@@ -228,7 +246,12 @@ def _blazepose_people(doc: Any, path: Path, k: int, width: int, height: int) -> 
             except (KeyError, TypeError, ValueError):
                 raise DataFormatError(path, where, "landmarks with numeric x, y (and visibility)",
                                       repr(marks[0])[:60]) from None
-            rows.append((number, Person(lm[:, :2] * np.array([width, height]), lm[:, 2], float(lm[:, 2].mean()))))
+            world = None
+            worlds = item.get("world_landmarks") if isinstance(item, dict) and len(people) == 1 else None
+            if isinstance(worlds, list) and len(worlds) == k:
+                world = np.array([(m["x"], m["y"], m["z"]) for m in worlds], dtype=np.float64)
+            rows.append((number, Person(lm[:, :2] * np.array([width, height]), lm[:, 2], float(lm[:, 2].mean()),
+                                        world)))
     return rows
 
 
@@ -252,5 +275,8 @@ def load_keypoint_file(path: str | os.PathLike, fmt: str = "coco17", *, width: i
         raise DataFormatError(path, "<file>", "at least one detected person", "none")
     rows.sort(key=lambda r: r[0])
     num_frames = rows[-1][0] + 1
+    if fmt == "blazepose33":  # frames without a person are listed too: count them all
+        listed = doc.get("frames") if isinstance(doc, dict) else doc
+        num_frames = max(num_frames, len(listed))
     return _from_people(rows, f, width=w, height=h, fps=rate, num_frames=num_frames, source=str(path),
                         detector=f"file:{fmt}", skeleton=skeleton)

@@ -106,10 +106,11 @@ def camera_to_world(up: np.ndarray) -> np.ndarray:
     return np.stack([x, y, z])
 
 
-def floor_aligned(poses_mm: np.ndarray, root_mm: np.ndarray, skeleton: Skeleton,
-                  stature_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """World-frame poses (F, J, 3) mm (y up, floor y = 0) and the rotation camera -> world."""
-    cam = poses_mm + root_mm[:, None, :]
+def world_frame(cam_poses: list[np.ndarray], skeleton: Skeleton,
+                stature_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """One world frame for every person of a video: (rotation R, origin) with
+    ``world = cam @ R.T - origin``; ``cam_poses`` are camera-frame (F_i, J, 3) mm sequences."""
+    cam = np.concatenate(cam_poses)
     rot = camera_to_world(up_direction(cam, skeleton))
     world = cam @ rot.T
     ankles = world[:, [skeleton.index("l_ankle"), skeleton.index("r_ankle")], 1].min(1)
@@ -118,4 +119,12 @@ def floor_aligned(poses_mm: np.ndarray, root_mm: np.ndarray, skeleton: Skeleton,
     first = np.flatnonzero(np.isfinite(world[:, skeleton.root]).all(-1))
     origin = world[first[0], skeleton.root].copy() if first.size else np.zeros(3)
     origin[1] = floor
-    return world - origin, rot
+    return rot, origin
+
+
+def floor_aligned(poses_mm: np.ndarray, root_mm: np.ndarray, skeleton: Skeleton,
+                  stature_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """World-frame poses (F, J, 3) mm (y up, floor y = 0) of one person, and the rotation camera -> world."""
+    cam = poses_mm + root_mm[:, None, :]
+    rot, origin = world_frame([cam], skeleton, stature_mm)
+    return cam @ rot.T - origin, rot

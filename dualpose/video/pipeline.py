@@ -19,7 +19,7 @@ from dualpose.errors import DataFormatError
 from dualpose.video import decode
 from dualpose.video.detectors import Detections, load_keypoint_file
 from dualpose.video.lift import Lifter
-from dualpose.video.metric import Intrinsics, floor_aligned, root_trajectory, stature_scale
+from dualpose.video.metric import Intrinsics, root_trajectory, stature_scale, world_frame
 from dualpose.video.outputs import FORMATS, InferenceResult, LiftedTrack, write_outputs
 from dualpose.video.smoothing import one_euro
 from dualpose.video.tracking import TrackingOptions, build_tracks, dense_track, select_tracks
@@ -31,6 +31,8 @@ KEYPOINT_SUFFIXES = (".json",)
 class InferOptions:
     keypoint_format: str = "coco17"  # for keypoint files
     detector: str = "mediapipe"  # for videos and image folders
+    detector_python: str | None = None  # run MediaPipe with this interpreter (its own environment)
+    keypoints_out: str | None = None  # where the worker's BlazePose JSON goes (default beside the video)
     person: str = "all"  # tracking.select_tracks rule
     fps: float | None = None  # overrides the source's frame rate
     width: int | None = None  # for keypoint files that lack the image size
@@ -101,6 +103,18 @@ def detect(path: Path, options: InferOptions, timer: Timer, detector=None) -> De
                                  fps=options.fps)
         timer.add("read keypoints", t0)
         return det
+    if detector is None and options.detector_python:
+        from dualpose.video.detectors import run_mediapipe_worker
+
+        if kind != "video":
+            raise DataFormatError(path, "--detector-python", "a video file", "an image folder")
+        t0 = time.perf_counter()
+        out_json = Path(options.keypoints_out or path.with_name(path.stem + "_blazepose33.json"))
+        run_mediapipe_worker(options.detector_python, path, out_json, options.max_frames)
+        timer.add("detector (worker, incl. decode)", t0)
+        det = load_keypoint_file(out_json, "blazepose33", fps=options.fps)
+        det.detector = "mediapipe-blazepose (worker)"
+        return det
     info = decode.probe(path, options.fps)
     detector = detector or make_detector(options.detector)
     rows = []
@@ -135,14 +149,19 @@ def lift_detections(det: Detections, lifter: Lifter, options: InferOptions, time
         scale = stature_scale(pred[valid], sk, options.stature_mm)
         mm = pred * scale
         root = root_trajectory(mm, kp, conf, cam)
-        world, _ = floor_aligned(mm, root, sk, options.stature_mm)
-        smoothed = {}
-        if options.smooth:
-            for key, value in (("poses_3d_mm", mm), ("world_mm", world)):
-                smoothed[key] = one_euro(value, det.fps, options.smooth_min_cutoff_hz, options.smooth_beta)
         lifted.append(LiftedTrack(track.track_id, frames, kp, conf, valid, pred, mm.astype(np.float32),
-                                  root.astype(np.float32), world.astype(np.float32), float(scale), smoothed))
+                                  root.astype(np.float32), np.empty(0), float(scale)))
         timer.add("metric", t0)
+    t0 = time.perf_counter()
+    if lifted:  # one world frame (up, floor, origin) shared by everybody in the video
+        rot, origin = world_frame([t.poses_3d_mm + t.root_mm[:, None] for t in lifted], sk, options.stature_mm)
+        for t in lifted:
+            t.world_mm = ((t.poses_3d_mm + t.root_mm[:, None]) @ rot.T - origin).astype(np.float32)
+            if options.smooth:
+                for key in ("poses_3d_mm", "world_mm"):
+                    t.smoothed[key] = one_euro(getattr(t, key), det.fps, options.smooth_min_cutoff_hz,
+                                               options.smooth_beta).astype(np.float32)
+    timer.add("metric", t0)
     meta = {"source": det.source, "detector": det.detector, "weights": lifter.name,
             "model_fps": lifter.model_fps, "flip_tta": lifter.flip, "person_rule": options.person,
             "stature_mm": options.stature_mm, "stature_assumed": True,
