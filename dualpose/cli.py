@@ -44,6 +44,32 @@ def _run(fn):
         raise typer.Exit(2) from None
 
 
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1 else f"{v:,.1f}"
+    return str(v)
+
+
+def _echo_result(result: dict, indent: str = "  ") -> None:
+    """A stage's result as ``key: value`` lines (numbers rounded; nested parts left to the files)."""
+    for key, value in result.items():
+        if isinstance(value, (dict, list, tuple)):
+            continue
+        typer.echo(f"{indent}{key.replace('_', ' ')}: {_value(value)}")
+
+
+def _echo_evaluation(result: dict) -> None:
+    m = result["metrics"]
+    if m.get("model"):
+        typer.echo(f"  model: {m['model']}")
+    typer.echo("  " + ", ".join(f"{label} {_value(m[k])} mm" for k, label in
+                                (("mpjpe_mm", "P1"), ("p_mpjpe_mm", "P2"), ("n_mpjpe_mm", "N-MPJPE"))
+                                if m.get(k) is not None))
+    if m.get("baseline_mean_pose_mpjpe_mm") is not None:
+        typer.echo(f"  mean-pose baseline P1 {_value(m['baseline_mean_pose_mpjpe_mm'])} mm")
+    typer.echo(f"  report: {result['report']}")
+
+
 def _datasets(params, names: list[str] | None) -> list[str]:
     return list(names) if names else list(params.enabled_datasets())
 
@@ -100,7 +126,8 @@ def pretrain(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Ove
 
         params, layout, _ = _context(params_path, overrides)
         result = run_pretraining(params, layout, resume=not fresh)
-        typer.echo(json.dumps(result, indent=1))
+        typer.echo("pretraining done")
+        _echo_result(result)
     _run(body)
 
 
@@ -113,7 +140,8 @@ def finetune(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Ove
 
         params, layout, _ = _context(params_path, overrides)
         result = run_finetuning(params, layout, resume=not fresh)
-        typer.echo(json.dumps(result, indent=1))
+        typer.echo("finetuning done")
+        _echo_result(result)
     _run(body)
 
 
@@ -127,7 +155,8 @@ def evaluate(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Ove
 
         params, layout, _ = _context(params_path, overrides)
         result = run_evaluation(params, layout, weights=weights, split=split)
-        typer.echo(json.dumps(result["summary"], indent=1))
+        typer.echo(f"evaluation of {params.train_dataset} ({split})")
+        _echo_evaluation(result)
     _run(body)
 
 
@@ -147,17 +176,15 @@ def run_all(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Over
         prepared = prepare_dataset(params, name, layout, base)
         typer.echo(f"  {prepared.rows} frames, {prepared.videos} videos -> {prepared.folder}")
         typer.secho("[2/6] clips", bold=True)
-        typer.echo(f"  {build_clips(params, layout, name)}")
+        typer.echo("  " + ", ".join(f"{k} {v}" for k, v in build_clips(params, layout, name).items()))
         typer.secho("[3/6] masked 2D inputs", bold=True)
-        typer.echo(f"  {build_masks(params, layout, name)}")
+        typer.echo("  " + ", ".join(f"{k} {v}" for k, v in build_masks(params, layout, name).items()))
         typer.secho("[4/6] CRL pretraining", bold=True)
-        run_pretraining(params, layout, resume=False)
+        _echo_result(run_pretraining(params, layout, resume=False))
         typer.secho("[5/6] finetuning", bold=True)
-        run_finetuning(params, layout, resume=False)
+        _echo_result(run_finetuning(params, layout, resume=False))
         typer.secho("[6/6] evaluation", bold=True)
-        result = run_evaluation(params, layout)
-        typer.echo(f"  report: {result['report']}")
-        typer.echo(json.dumps(result["summary"], indent=1))
+        _echo_evaluation(run_evaluation(params, layout))
     _run(body)
 
 
