@@ -296,6 +296,22 @@ def weights_pull(name: str = typer.Argument(..., help="A name from `dualpose wei
     _run(body)
 
 
+@weights_app.command("package")
+def weights_package(source: Path = typer.Argument(..., help="Trained weights folder (e.g. artifacts/models/finetune/best)."),
+                    dest: Path = typer.Argument(..., help="Folder to write, e.g. dualpose/weights/dualpose-xs-cmu."),
+                    fps: float = typer.Option(..., help="Frame rate of the training data (infer resamples to it)."),
+                    model_card: Path = typer.Option(..., help="MODEL_CARD.md to ship with the weights.")):
+    """Write a packaged weights folder: fp16 safetensors, config.json with fps, MODEL_CARD.md."""
+    def body():
+        from dualpose.io.download import sha256_file
+        from dualpose.weights import package_weights
+
+        folder = package_weights(source, dest, fps=fps, model_card=model_card.read_text(encoding="utf-8"))
+        file = folder / "model.safetensors"
+        typer.echo(f"{source} -> {folder} ({file.stat().st_size / 1e6:.2f} MB, sha256 {sha256_file(file)})")
+    _run(body)
+
+
 @app.command("model-info")
 def model_info(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
                variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="Only these variants.")):

@@ -98,3 +98,15 @@ def test_the_shipped_default_is_installed_with_its_model_card():
     tensors, config = read_weights(folder)
     assert config and config.get("fps") and (folder / "MODEL_CARD.md").is_file()
     load_weights(folder)
+
+
+def test_weights_package_command(env, tmp_path):
+    card = tmp_path / "card.md"
+    card.write_text("# tiny: test card\n")
+    dest = tmp_path / "out" / "tiny"
+    res = CliRunner().invoke(app, ["weights", "package", str(tiny_weights(tmp_path / "src")), str(dest),
+                                   "--fps", "25", "--model-card", str(card)])
+    assert res.exit_code == 0, res.output
+    assert sha256_file(dest / "model.safetensors") in res.output
+    assert json.loads((dest / "config.json").read_text())["fps"] == 25.0
+    assert (dest / "MODEL_CARD.md").read_text() == card.read_text()
