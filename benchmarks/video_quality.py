@@ -80,8 +80,9 @@ def backward_knee_fraction(poses: np.ndarray) -> float:
 
 
 def depth_spread(poses_cam: np.ndarray) -> float:
-    rel = poses_cam - poses_cam[:, :1]
-    return float(np.nanmean(np.nanstd(rel[..., 2], axis=1)))
+    ok = np.isfinite(poses_cam).all(axis=(1, 2))
+    rel = poses_cam[ok] - poses_cam[ok, :1]
+    return float(np.mean(np.std(rel[..., 2], axis=1))) if ok.any() else float("nan")
 
 
 def forward(poses_cam: np.ndarray) -> np.ndarray:
@@ -202,13 +203,15 @@ def num(x: float, d: int = 1) -> str:
 
 
 def write_report(out: Path, command: str, weights: str, cmu_rows: list[dict], s2d_rows: list[dict],
-                 load: str, timing: dict) -> None:
+                 load: str, timing: dict, note: str = "") -> None:
     lines = ["# Video quality: plausibility of `dualpose infer` output", "",
              f"Produced by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; weights `{weights}`.",
              f"Machine load (1/5/15 min) when started: {load}.", "",
              "Targets (issue 9): bone-length CV < 5 %, backward-knee frames < 5 %, depth spread within 30 % of "
              "the ground truth's on CMU, facing direction right; DualPose better than MediaPipe's world "
              "landmarks on bone constancy and knees.", ""]
+    if note:
+        lines += [note, ""]
     if cmu_rows:
         lines += ["## CMU test sequences rendered through the same path", "",
                   "| sequence | frames | P1 (mm) | bone CV mean / max | backward knee (GT) | depth spread pred / GT (mm) | ratio | facing error median | facing wrong |",
@@ -255,8 +258,13 @@ def main() -> int:
                     help="python of an environment with mediapipe 0.10.21 (skips Sports2D when absent)")
     ap.add_argument("--workdir", default="/tmp/dualpose-video-quality")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS-video-quality.md"))
+    ap.add_argument("--note", default="", help="a paragraph for the results file (e.g. how the weights were made)")
     args = ap.parse_args()
-    command = "python benchmarks/video_quality.py " + " ".join(sys.argv[1:])
+    argv = sys.argv[1:]
+    if "--note" in argv:  # the note goes into the file as a paragraph, not into the command line
+        i = argv.index("--note")
+        argv = argv[:i] + ['--note "..."'] + argv[i + 2:]
+    command = "python benchmarks/video_quality.py " + " ".join(argv)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     folder = resolve_weights(args.weights)
     lifter = Lifter.from_weights(folder, name=args.weights or folder.name)
@@ -272,7 +280,8 @@ def main() -> int:
         s2d_rows, timing = sports2d(lifter, args.mediapipe_python, workdir)
     else:
         print("no --mediapipe-python: skipping the Sports2D part", file=sys.stderr)
-    write_report(Path(args.out), command, str(args.weights or folder.name), cmu_rows, s2d_rows, load, timing)
+    write_report(Path(args.out), command, str(args.weights or folder.name), cmu_rows, s2d_rows, load, timing,
+                 args.note)
     print(Path(args.out).read_text())
     return 0
 

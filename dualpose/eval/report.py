@@ -78,7 +78,8 @@ DETAIL_SECTIONS = ("per_action", "per_joint", "protocol")
 def split_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary, detail): the scalars ``dvc metrics show`` tabulates readably, and everything
     (per action, per joint, protocol) for a separate file that is not a DVC metric."""
-    summary = {k: v for k, v in metrics.items() if k not in DETAIL_SECTIONS and not isinstance(v, (Mapping, list))}
+    summary = {k: v for k, v in metrics.items()
+               if k not in DETAIL_SECTIONS and k != "model" and not isinstance(v, (Mapping, list))}
     return summary, dict(metrics)
 
 
