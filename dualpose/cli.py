@@ -228,6 +228,7 @@ def infer(source: Path = typer.Argument(..., help="A video file, a folder of ima
           viewer: bool = typer.Option(True, help="Write viewer.html, an offline interactive 3D viewer."),
           formats: str = typer.Option("npz,parquet,csv,json", help="Comma-separated output formats."),
           flip: bool = typer.Option(True, help="Flip test-time augmentation."),
+          stride: Optional[int] = typer.Option(None, help="Lifting windows every N frames (default T/3; T: 3x faster)."),
           device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
           max_frames: Optional[int] = typer.Option(None, help="Only the first N frames of a video."),
           detector_python: Optional[str] = typer.Option(None, envvar="DUALPOSE_MEDIAPIPE_PYTHON",
@@ -245,7 +246,7 @@ def infer(source: Path = typer.Argument(..., help="A video file, a folder of ima
         options = InferOptions(keypoint_format=fmt, person=person, fps=fps, width=width, height=height,
                                stature_mm=stature_mm or 1700.0, focal_px=focal_px, smooth=smooth, render=render,
                                viewer=viewer, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                               flip=flip, device=device, max_frames=max_frames,
+                               flip=flip, stride=stride, device=device, max_frames=max_frames,
                                detector_python=detector_python)
         target = out or source.with_name(source.stem + "_3d")
         try:

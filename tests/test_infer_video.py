@@ -101,6 +101,12 @@ def test_mirrored_input_gives_mirrored_output(tmp_path, weights, scene):
     mirrored[..., 0] = W - mirrored[..., 0]
     out_m = lifter.lift(mirrored, conf[:, H36M_17.flip_permutation], W, H, 30.0)
     np.testing.assert_allclose(out_m, out[:, H36M_17.flip_permutation] * np.array([-1, 1, 1]), atol=2e-5)
+    # --stride T: windows do not overlap, so the first T frames are exactly one window's prediction
+    t = lifter.window
+    once = lifter.lift(kp, conf, W, H, 30.0, stride=t)
+    assert once.shape == out.shape
+    np.testing.assert_allclose(once[:t], lifter.lift(kp[:t], conf[:t], W, H, 30.0), atol=1e-6)
+    assert not np.allclose(once, out, atol=1e-6)  # the default averages overlapping windows
 
 
 def test_fps_resampling_to_the_model_rate(tmp_path, scene):

@@ -49,6 +49,7 @@ class InferOptions:
     viewer: bool = True
     render_height: int | None = None
     flip: bool = True
+    stride: int | None = None  # lifting windows start every stride frames (default T // 3)
     device: str | None = None
     max_frames: int | None = None
     tracking: TrackingOptions = field(default_factory=TrackingOptions)
@@ -143,7 +144,7 @@ def lift_detections(det: Detections, lifter: Lifter, options: InferOptions, time
     for track in tracks:
         frames, kp, conf = dense_track(det, track)
         t0 = time.perf_counter()
-        pred = lifter.lift(kp, conf, det.width, det.height, det.fps)
+        pred = lifter.lift(kp, conf, det.width, det.height, det.fps, options.stride)
         t0 = timer.add("lifter", t0)
         valid = (conf > 0).sum(-1) >= options.tracking.min_joints
         scale = stature_scale(pred[valid], sk, options.stature_mm)
