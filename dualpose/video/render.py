@@ -1,7 +1,7 @@
 """Render an MP4: the video with the 2D skeletons beside the 3D skeletons from a fixed viewpoint.
 
-The 3D panel uses one camera for the whole clip (azimuth/elevation fixed, scale and centre from
-the extent of every track over every frame, floor grid at y = 0), so the view never jumps. Left
+The 3D panel uses one viewing direction and one scale for the whole clip and glides with the
+people (see :class:`Panel3D`), so the view never jumps; the floor grid is at y = 0. Left
 limbs are drawn in blue, right limbs in orange, the centre line in the track's colour. Drawing
 uses Pillow; encoding uses :class:`dualpose.video.decode.VideoWriter`.
 """
@@ -47,44 +47,85 @@ def view_rotation(view: View) -> np.ndarray:
 
 
 class Panel3D:
-    """Orthographic projection of world-frame mm into a square panel, fixed for the whole clip."""
+    """Orthographic view of world-frame mm into a square panel.
 
-    def __init__(self, result: InferenceResult, size: int, view: View = View()) -> None:
+    The viewing direction and the scale are fixed for the whole clip; the point looked at glides
+    with the people (their mean root, smoothed over ``follow_s`` seconds), so the view never
+    jumps and a person walking away does not shrink to a dot. The 0.5 m floor grid is fixed to
+    the world, so travel shows as the grid sliding under the feet.
+    """
+
+    def __init__(self, result: InferenceResult, size: int, view: View = View(), follow_s: float = 0.5,
+                 grid_mm: float = 500.0) -> None:
         self.size = size
         self.bones = result.skeleton.bones
         self.rot = view_rotation(view)
-        pts = np.concatenate([t.world_mm.reshape(-1, 3) for t in result.tracks]) if result.tracks else np.zeros((1, 3))
-        pts = pts[np.isfinite(pts).all(-1)]
-        if not len(pts):
-            pts = np.zeros((1, 3))
-        lo, hi = pts.min(0), pts.max(0)
-        floor = np.array([[x, 0.0, z] for x in (lo[0], hi[0]) for z in (lo[2], hi[2])])
-        proj = np.concatenate([pts, floor]) @ self.rot.T
-        plo, phi = proj[:, :2].min(0), proj[:, :2].max(0)
-        self.centre = (plo + phi) / 2
-        self.scale = (1 - 2 * view.margin) * size / max(float((phi - plo).max()), 1.0)
-        self.grid = self._grid(lo, hi)
+        self.grid_mm = grid_mm
+        sk = result.skeleton
+        first = min((int(t.frame[0]) for t in result.tracks), default=0)
+        last = max((int(t.frame[-1]) for t in result.tracks), default=0)
+        n = last - first + 1
+        self.first = first
+        roots = np.full((n, max(len(result.tracks), 1), 3), np.nan)
+        heights = []
+        for i, t in enumerate(result.tracks):
+            roots[t.frame - first, i] = t.world_mm[:, sk.root]
+            heights.append(np.nanmedian(t.world_mm[:, sk.index("head_top"), 1] - t.world_mm[:, sk.root, 1]))
+        visible = np.isfinite(roots).all(-1)  # (n, tracks)
+        counts = visible.sum(1)
+        total = np.where(visible[..., None], roots, 0.0).sum(1)
+        mean = np.where(counts[:, None] > 0, total / np.maximum(counts, 1)[:, None], np.nan)
+        mean = _fill_and_smooth(mean, follow_s * result.fps)
+        # how far apart people are (0 with one person): widens the fixed scale so all stay in view
+        gaps = np.linalg.norm(roots[:, :, None, [0, 2]] - roots[:, None, :, [0, 2]], axis=-1)
+        gaps = np.where(visible[:, :, None] & visible[:, None, :], gaps, 0.0).max(axis=(1, 2))
+        spread = gaps[counts > 1] / 2
+        body = float(np.nanmedian(heights)) if heights and np.isfinite(np.nanmedian(heights)) else 800.0
+        self.centre = mean  # (x, y, z) of the mean root, smoothed: people stay near the panel's centre
+        half = 2.2 * body + (float(np.percentile(spread, 90)) if spread.size else 0.0)
+        self.half_mm = half
+        self.scale = (1 - 2 * view.margin) * size / (2 * half)
 
-    def project(self, world: np.ndarray) -> np.ndarray:
-        p = world @ self.rot.T
-        xy = (p[..., :2] - self.centre) * self.scale
+    def project(self, world: np.ndarray, frame: int) -> np.ndarray:
+        c = self.centre[int(np.clip(frame - self.first, 0, len(self.centre) - 1))]
+        xy = ((world - c) @ self.rot.T)[..., :2] * self.scale
         return np.stack([self.size / 2 + xy[..., 0], self.size / 2 - xy[..., 1]], -1)
 
-    def _grid(self, lo: np.ndarray, hi: np.ndarray, step_mm: float = 500.0) -> list[np.ndarray]:
-        xs = np.arange(np.floor(lo[0] / step_mm) * step_mm, hi[0] + step_mm, step_mm)
-        zs = np.arange(np.floor(lo[2] / step_mm) * step_mm, hi[2] + step_mm, step_mm)
+    def _grid(self, frame: int) -> list[np.ndarray]:
+        c = self.centre[int(np.clip(frame - self.first, 0, len(self.centre) - 1))]
+        r, g = 1.5 * self.half_mm, self.grid_mm
+        xs = np.arange(np.floor((c[0] - r) / g) * g, c[0] + r + g, g)
+        zs = np.arange(np.floor((c[2] - r) / g) * g, c[2] + r + g, g)
         lines = [np.array([[x, 0, zs[0]], [x, 0, zs[-1]]]) for x in xs]
         lines += [np.array([[xs[0], 0, z], [xs[-1], 0, z]]) for z in zs]
-        return [self.project(seg) for seg in lines]
+        return [self.project(seg, frame) for seg in lines]
 
-    def draw(self, poses: list[tuple[np.ndarray, list]]) -> Image.Image:
+    def draw(self, poses: list[tuple[np.ndarray, list]], frame: int) -> Image.Image:
         img = Image.new("RGB", (self.size, self.size), BACKGROUND)
         d = ImageDraw.Draw(img)
-        for seg in self.grid:
+        for seg in self._grid(frame):
             d.line([tuple(seg[0]), tuple(seg[1])], fill=GRID, width=1)
         for world, colours in poses:
-            _skeleton(d, self.project(world), self.bones, colours, width=max(2, self.size // 160))
+            _skeleton(d, self.project(world, frame), self.bones, colours, width=max(2, self.size // 160))
         return img
+
+
+def _fill_and_smooth(values: np.ndarray, sigma_frames: float) -> np.ndarray:
+    """(F, 3): NaN rows filled from their neighbours, then a Gaussian of ``sigma_frames`` (edges held)."""
+    out = values.astype(np.float64).copy()
+    idx = np.arange(len(out))
+    ok = np.isfinite(out).all(-1)
+    if not ok.any():
+        return np.zeros_like(out)
+    for k in range(out.shape[1]):
+        out[:, k] = np.interp(idx, idx[ok], out[ok, k])
+    if sigma_frames <= 0 or len(out) < 2:
+        return out
+    radius = int(3 * sigma_frames)
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_frames) ** 2)
+    kernel /= kernel.sum()
+    padded = np.pad(out, ((radius, radius), (0, 0)), mode="edge")
+    return np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(out.shape[1])], -1)
 
 
 def _skeleton(d: ImageDraw.ImageDraw, pts: np.ndarray, bones, colours: list, width: int) -> None:
@@ -121,6 +162,6 @@ def render_video(frames: Iterable[np.ndarray], result: InferenceResult, out: Pat
                 posed.append((world[k], colours[t]))
             canvas = Image.new("RGB", (w + h, h))
             canvas.paste(left, (0, 0))
-            canvas.paste(panel.draw(posed), (w, 0))
+            canvas.paste(panel.draw(posed, i), (w, 0))
             writer.write(np.asarray(canvas))
     return out
