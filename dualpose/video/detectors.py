@@ -82,11 +82,11 @@ def detect_video(detector: Detector, frames: Iterable[np.ndarray], *, width: int
         count = i + 1
         if on_frame is not None:
             on_frame(i)
-    return _from_people(rows, fmt, width=width, height=height, fps=fps, num_frames=count, source=source,
+    return people_to_detections(rows, fmt, width=width, height=height, fps=fps, num_frames=count, source=source,
                         detector=detector.name, skeleton=skeleton)
 
 
-def _from_people(rows: list[tuple[int, Person]], fmt, *, width: int, height: int, fps: float, num_frames: int,
+def people_to_detections(rows: list[tuple[int, Person]], fmt, *, width: int, height: int, fps: float, num_frames: int,
                  source: str, detector: str, skeleton: Skeleton) -> Detections:
     k = fmt.num_joints
     pts = np.array([p.keypoints for _, p in rows], dtype=np.float64).reshape(-1, k, 2)
@@ -278,5 +278,5 @@ def load_keypoint_file(path: str | os.PathLike, fmt: str = "coco17", *, width: i
     if fmt == "blazepose33":  # frames without a person are listed too: count them all
         listed = doc.get("frames") if isinstance(doc, dict) else doc
         num_frames = max(num_frames, len(listed))
-    return _from_people(rows, f, width=w, height=h, fps=rate, num_frames=num_frames, source=str(path),
+    return people_to_detections(rows, f, width=w, height=h, fps=rate, num_frames=num_frames, source=str(path),
                         detector=f"file:{fmt}", skeleton=skeleton)

@@ -137,8 +137,11 @@ def write_csv(result: InferenceResult, path: Path) -> Path:
 
 
 def write_json(result: InferenceResult, path: Path) -> Path:
-    def r(a: np.ndarray, digits: int = 1) -> Any:
-        return np.where(np.isfinite(a), np.round(a.astype(np.float64), digits), np.nan).tolist()
+    def r(a: np.ndarray, digits: int = 1) -> Any:  # rounded nested lists, null where not finite
+        a = np.asarray(a, dtype=np.float64)
+        out = np.round(a, digits).astype(object)
+        out[~np.isfinite(a)] = None
+        return out.tolist()
 
     doc = metadata(result)
     for meta, x in zip(doc["tracks"], result.tracks):
@@ -147,7 +150,7 @@ def write_json(result: InferenceResult, path: Path) -> Path:
                     kp2d=r(x.kp2d))
         for key, value in x.smoothed.items():
             meta[f"{key}_smooth"] = r(value)
-    text = json.dumps(doc, allow_nan=True).replace("NaN", "null")
+    text = json.dumps(doc, allow_nan=False)
     with atomic_path(path, suffix=".json") as tmp:
         Path(tmp).write_text(text)
     return path

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from dualpose.errors import DataFormatError
+from dualpose.keypoint_formats import get_format
+from dualpose.skeleton import H36M_17
 from dualpose.video import decode
-from dualpose.video.detectors import Detections, load_keypoint_file
+from dualpose.video.detectors import Detections, load_keypoint_file, people_to_detections
 from dualpose.video.lift import Lifter
 from dualpose.video.metric import Intrinsics, root_trajectory, stature_scale, world_frame
 from dualpose.video.outputs import FORMATS, InferenceResult, LiftedTrack, write_outputs
@@ -119,8 +121,6 @@ def detect(path: Path, options: InferOptions, timer: Timer, detector=None) -> De
     info = decode.probe(path, options.fps)
     detector = detector or make_detector(options.detector)
     rows = []
-    from dualpose.video.detectors import _from_people, get_format
-
     count = 0
     for i, frame in enumerate(_timed_frames(path, timer, options.max_frames)):
         t0 = time.perf_counter()
@@ -129,9 +129,9 @@ def detect(path: Path, options: InferOptions, timer: Timer, detector=None) -> De
         count = i + 1
     if not count:
         raise DataFormatError(path, "<frames>", "at least one frame", "none decoded")
-    return _from_people(rows, get_format(detector.keypoint_format), width=info.width, height=info.height,
-                        fps=info.fps, num_frames=count, source=str(path), detector=detector.name,
-                        skeleton=Detections.__dataclass_fields__["skeleton"].default)
+    return people_to_detections(rows, get_format(detector.keypoint_format), width=info.width, height=info.height,
+                                fps=info.fps, num_frames=count, source=str(path), detector=detector.name,
+                                skeleton=H36M_17)
 
 
 def lift_detections(det: Detections, lifter: Lifter, options: InferOptions, timer: Timer) -> InferenceResult:
