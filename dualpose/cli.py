@@ -223,6 +223,8 @@ def infer(source: Path = typer.Argument(..., help="A video file, a folder of ima
           stature_mm: Optional[float] = typer.Option(None, help="Subject's stature for the metric scale "
                                                      "(default 1700, recorded as assumed)."),
           focal_px: Optional[float] = typer.Option(None, help="Camera focal length in pixels (root trajectory)."),
+          cx: Optional[float] = typer.Option(None, help="Principal point x in pixels (default: image centre)."),
+          cy: Optional[float] = typer.Option(None, help="Principal point y in pixels (default: image centre)."),
           smooth: bool = typer.Option(False, help="Also write One-Euro smoothed poses (raw ones are kept)."),
           render: bool = typer.Option(False, help="Render render.mp4: video + 2D overlay beside the 3D view."),
           viewer: bool = typer.Option(True, help="Write viewer.html, an offline interactive 3D viewer."),
@@ -244,7 +246,7 @@ def infer(source: Path = typer.Argument(..., help="A video file, a folder of ima
         folder = resolve_weights(weights)
         lifter = Lifter.from_weights(folder, device=device, flip=flip, name=weights or folder.name)
         options = InferOptions(keypoint_format=fmt, person=person, fps=fps, width=width, height=height,
-                               stature_mm=stature_mm or 1700.0, focal_px=focal_px, smooth=smooth, render=render,
+                               stature_mm=stature_mm or 1700.0, focal_px=focal_px, cx=cx, cy=cy, smooth=smooth, render=render,
                                viewer=viewer, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                                flip=flip, stride=stride, device=device, max_frames=max_frames,
                                detector_python=detector_python)

@@ -36,7 +36,7 @@ def test_packaged_sample_is_the_generator_output(tmp_path):
 def test_sample_file_through_the_cli_gives_two_tracks_and_every_output(tmp_path, weights):
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["infer", str(SAMPLE_FILE), "--weights", str(weights), "--out", str(out),
-                                   "--smooth", "--stature-mm", "1800"])
+                                   "--smooth", "--stature-mm", "1800", "--focal-px", "600", "--cx", "300"])
     assert res.exit_code == 0, res.output
     assert "120 frames, 2 track(s)" in res.output and "{" not in res.output  # tidy lines, no dicts
     with np.load(out / "poses.npz", allow_pickle=False) as z:
@@ -54,7 +54,8 @@ def test_sample_file_through_the_cli_gives_two_tracks_and_every_output(tmp_path,
         assert not np.array_equal(z["world_mm"], z["world_mm_smooth"])  # raw kept beside the smoothed
         world, poses = z["world_mm"], z["poses_3d_mm"]
     assert meta["units"]["world_mm"] == "mm" and "y up" in meta["axes"]["world_mm"]
-    assert meta["stature_mm"] == 1800.0 and meta["stature_assumed"] is False and meta["intrinsics"]["assumed"]
+    assert meta["stature_mm"] == 1800.0 and meta["stature_assumed"] is False
+    assert meta["intrinsics"] == {"focal_px": 600.0, "cx": 300.0, "cy": 180.0, "assumed": False}
     # bone lengths agree: world is a rigid motion of the camera-frame pose
     np.testing.assert_allclose(H36M_17.bone_lengths(world), H36M_17.bone_lengths(poses), rtol=1e-4, atol=1e-2)
     # Parquet, CSV and JSON hold the same numbers
@@ -162,3 +163,9 @@ def test_video_and_image_folder_with_a_plugged_in_detector(tmp_path, weights, sc
     run2 = run_infer(folder, tmp_path / "out2", lifter, InferOptions(fps=30.0, formats=("npz",), viewer=False),
                      detector=ScriptedDetector([c[:12] for c in coco]))
     assert run2.frames == 12 and [len(t.frame) for t in run2.result.tracks] == [12, 12]
+    # no detector available in this environment: a clear message, not a traceback
+    try:
+        import mediapipe  # noqa: F401
+    except ImportError:
+        res = CliRunner().invoke(app, ["infer", str(video), "--weights", str(weights), "--out", str(tmp_path / "x")])
+        assert res.exit_code == 2 and "--detector-python" in res.output, res.output

