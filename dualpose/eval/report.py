@@ -72,14 +72,15 @@ def to_jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to a metrics JSON: {value!r}")
 
 
-DETAIL_SECTIONS = ("per_action", "per_joint", "protocol")
+#: What ``metrics.json`` (the DVC metric) keeps, in this order: one readable row in ``dvc metrics show``.
+SUMMARY_METRIC_KEYS = ("mpjpe_mm", "p_mpjpe_mm", "n_mpjpe_mm", "mpjve_mm_per_frame", "accel_error_mm_per_frame2",
+                       "pck_percent", "auc_percent", "baseline_mean_pose_mpjpe_mm", "model_params", "frames")
 
 
 def split_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(summary, detail): the scalars ``dvc metrics show`` tabulates readably, and everything
-    (per action, per joint, protocol) for a separate file that is not a DVC metric."""
-    summary = {k: v for k, v in metrics.items()
-               if k not in DETAIL_SECTIONS and k != "model" and not isinstance(v, (Mapping, list))}
+    """(summary, detail): the few numbers ``dvc metrics show`` tabulates readably, and everything
+    (per action, per joint, protocol, counts, run settings) for a separate file that is not a DVC metric."""
+    summary = {k: metrics[k] for k in SUMMARY_METRIC_KEYS if k in metrics}
     return summary, dict(metrics)
 
 
