@@ -169,3 +169,14 @@ def test_video_and_image_folder_with_a_plugged_in_detector(tmp_path, weights, sc
     except ImportError:
         res = CliRunner().invoke(app, ["infer", str(video), "--weights", str(weights), "--out", str(tmp_path / "x")])
         assert res.exit_code == 2 and "--detector-python" in res.output, res.output
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_lifting_on_the_gpu_matches_the_cpu(weights, scene):
+    from dualpose.keypoint_formats import convert_keypoints
+
+    kp, conf = convert_keypoints(scene.project()[1][0], None, "coco17")
+    gpu = Lifter.from_weights(weights)  # default device: cuda when available
+    assert gpu.device.type == "cuda"
+    cpu = Lifter.from_weights(weights, device="cpu")
+    np.testing.assert_allclose(gpu.lift(kp, conf, W, H, 30.0), cpu.lift(kp, conf, W, H, 30.0), atol=1e-4)
