@@ -25,3 +25,12 @@ def test_the_report_names_a_shrunken_model_and_shows_the_baseline():
                            baselines=[{"method": "mean training pose (baseline)", "mpjpe_mm": 160.0}])
     assert f"Model: {line}" in text
     assert "| mean training pose (baseline) | 160.0 | -40.0 |" in text
+
+
+def test_stage_results_print_as_tidy_lines(capsys):
+    from dualpose.cli import _echo_result
+
+    _echo_result({"steps": 243, "best_val_mpjpe_mm": 128.16246, "final_loss": 0.158721, "history": [1, 2],
+                  "init": "scratch"})
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["  steps: 243", "  best val mpjpe mm: 128.2", "  final loss: 0.1587", "  init: scratch"]
