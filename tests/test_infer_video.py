@@ -180,3 +180,29 @@ def test_lifting_on_the_gpu_matches_the_cpu(weights, scene):
     assert gpu.device.type == "cuda"
     cpu = Lifter.from_weights(weights, device="cpu")
     np.testing.assert_allclose(gpu.lift(kp, conf, W, H, 30.0), cpu.lift(kp, conf, W, H, 30.0), atol=1e-4)
+
+
+def test_bad_keypoint_files_name_the_file_and_field(tmp_path):
+    from dualpose.errors import DataFormatError
+    from dualpose.video.detectors import load_keypoint_file
+
+    cases = [
+        ("coco17", {"width": 10, "height": 10, "fps": 30, "annotations": [{"frame": 0, "keypoints": [1, 2, 3]}]},
+         "annotations[0].keypoints"),
+        ("coco17", {"width": 10, "height": 10, "fps": 30, "annotations": [{"frame": -1, "keypoints": [0] * 51}]},
+         "annotations[0].frame"),
+        ("blazepose33", {"width": 10, "height": 10, "fps": 30, "frames": [{"frame": 0, "landmarks": [{"x": 0}] * 5}]},
+         "frames[0].landmarks"),
+        ("coco17", {"width": 10, "height": 10, "fps": 30, "annotations": []}, "at least one detected person"),
+        ("coco17", {"width": 10, "height": -4, "fps": 30, "annotations": []}, "height"),
+    ]
+    for i, (fmt, doc, where) in enumerate(cases):
+        path = tmp_path / f"bad{i}.json"
+        path.write_text(json.dumps(doc))
+        with pytest.raises(DataFormatError, match=f"bad{i}.json") as err:
+            load_keypoint_file(path, fmt)
+        assert where in str(err.value)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(DataFormatError, match="broken.json.*valid JSON"):
+        load_keypoint_file(broken, "coco17")
