@@ -129,7 +129,7 @@ def test_fps_resampling_to_the_model_rate(tmp_path, scene):
                                [[1.0]])
 
 
-def test_video_and_image_folder_with_a_plugged_in_detector(tmp_path, weights, scene):
+def test_video_and_image_folder_with_a_plugged_in_detector(tmp_path, weights, scene, monkeypatch):
     pytest.importorskip("imageio_ffmpeg", reason="video needs the video extra: pip install 'dualpose[video]'")
     _, coco = scene.project()
     video = write_stick_video(tmp_path / "clip.mp4", coco, W, H, 30.0)
@@ -167,6 +167,7 @@ def test_video_and_image_folder_with_a_plugged_in_detector(tmp_path, weights, sc
     try:
         import mediapipe  # noqa: F401
     except ImportError:
+        monkeypatch.delenv("DUALPOSE_MEDIAPIPE_PYTHON", raising=False)
         res = CliRunner().invoke(app, ["infer", str(video), "--weights", str(weights), "--out", str(tmp_path / "x")])
         assert res.exit_code == 2 and "--detector-python" in res.output, res.output
 
