@@ -64,3 +64,15 @@ def test_mediapipe_worker_on_a_generated_video(tmp_path):
     assert (doc["width"], doc["height"], doc["fps"]) == (320, 180, 30.0)
     assert len(doc["frames"]) == 15 and doc["timing"]["frames"] == 15
     assert all(len(f["landmarks"]) in (0, 33) for f in doc["frames"])
+    # a folder of images works the same way, with the frame rate given
+    from PIL import Image
+
+    from dualpose.video.decode import iter_frames
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(iter_frames(video, limit=6)):
+        Image.fromarray(frame).save(folder / f"{i:03d}.png")
+    doc = json.loads(run_mediapipe_worker(os.environ["DUALPOSE_MEDIAPIPE_PYTHON"], folder, tmp_path / "f.json",
+                                          fps=12.5).read_text())
+    assert (doc["width"], doc["height"], doc["fps"], len(doc["frames"])) == (320, 180, 12.5, 6)

@@ -152,14 +152,17 @@ def landmarks_to_people(result: Any, width: int, height: int) -> list[Person]:
 
 
 def run_mediapipe_worker(python: str | os.PathLike, video: str | os.PathLike, out_json: str | os.PathLike,
-                         max_frames: int | None = None) -> Path:
-    """Run :mod:`dualpose.video.mediapipe_worker` with another environment's interpreter."""
+                         max_frames: int | None = None, fps: float | None = None) -> Path:
+    """Run :mod:`dualpose.video.mediapipe_worker` (a video or an image folder) with another
+    environment's interpreter."""
     import subprocess
 
     script = Path(__file__).with_name("mediapipe_worker.py")
     cmd = [os.fspath(python), str(script), os.fspath(video), os.fspath(out_json)]
     if max_frames is not None:
         cmd += ["--max-frames", str(max_frames)]
+    if fps is not None:
+        cmd += ["--fps", str(fps)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]

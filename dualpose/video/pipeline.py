@@ -109,11 +109,12 @@ def detect(path: Path, options: InferOptions, timer: Timer, detector=None) -> De
     if detector is None and options.detector_python:
         from dualpose.video.detectors import run_mediapipe_worker
 
-        if kind != "video":
-            raise DataFormatError(path, "--detector-python", "a video file", "an image folder")
+        if kind == "images" and options.fps is None:
+            raise DataFormatError(path, "fps", "a frame rate for a folder of images (--fps)", "none given")
         t0 = time.perf_counter()
-        out_json = Path(options.keypoints_out or path.with_name(path.stem + "_blazepose33.json"))
-        run_mediapipe_worker(options.detector_python, path, out_json, options.max_frames)
+        stem = path.stem if path.is_file() else path.name
+        out_json = Path(options.keypoints_out or path.with_name(stem + "_blazepose33.json"))
+        run_mediapipe_worker(options.detector_python, path, out_json, options.max_frames, options.fps)
         timer.add("detector (worker, incl. decode)", t0)
         det = load_keypoint_file(out_json, "blazepose33", fps=options.fps)
         det.detector = "mediapipe-blazepose (worker)"
