@@ -214,7 +214,8 @@ def write_report(out: Path, command: str, weights: str, cmu_rows: list[dict], s2
         lines += [note, ""]
     if cmu_rows:
         lines += ["## CMU test sequences rendered through the same path", "",
-                  "| sequence | frames | P1 (mm) | bone CV mean / max | backward knee (GT) | depth spread pred / GT (mm) | ratio | facing error median | facing wrong |",
+                  "| sequence | frames | P1 (mm) | bone CV mean / max | backward knee (GT) | "
+                  "depth spread pred / GT (mm) | ratio | facing error median | facing wrong |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in cmu_rows:
             lines.append(f"| {r['sequence']} | {r['frames']} | {num(r['mpjpe_mm'])} | {pct(r['bone_cv_mean'])} / "
@@ -241,7 +242,8 @@ def write_report(out: Path, command: str, weights: str, cmu_rows: list[dict], s2
                          f"{pct(r['bone_cv_max'])} | {pct(r['backward_knee'])} | {num(r['depth_spread_mm'])} | "
                          f"{pct(r['facing_travel'])} ({r['walking_frames']}) | {num(r['jitter_mm'], 2)} |")
         if timing:
-            lines += ["", f"MediaPipe worker: {timing.get('frames')} frames, decode {num(timing.get('decode_s'), 2)} s, "
+            lines += ["", f"MediaPipe worker: {timing.get('frames')} frames, "
+                      f"decode {num(timing.get('decode_s'), 2)} s, "
                       f"detector {num(timing.get('detector_s'), 2)} s."]
         lines.append("")
     tmp = out.with_suffix(".tmp")

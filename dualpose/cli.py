@@ -230,7 +230,8 @@ def infer(source: Path = typer.Argument(..., help="A video file, a folder of ima
           viewer: bool = typer.Option(True, help="Write viewer.html, an offline interactive 3D viewer."),
           formats: str = typer.Option("npz,parquet,csv,json", help="Comma-separated output formats."),
           flip: bool = typer.Option(True, help="Flip test-time augmentation."),
-          stride: Optional[int] = typer.Option(None, help="Lifting windows every N frames (default T/3; T: 3x faster)."),
+          stride: Optional[int] = typer.Option(None, help="Lifting windows every N frames "
+                                               "(default T/3; T: 3x faster)."),
           device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
           max_frames: Optional[int] = typer.Option(None, help="Only the first N frames of a video."),
           detector_python: Optional[str] = typer.Option(None, envvar="DUALPOSE_MEDIAPIPE_PYTHON",
@@ -246,7 +247,8 @@ def infer(source: Path = typer.Argument(..., help="A video file, a folder of ima
         folder = resolve_weights(weights)
         lifter = Lifter.from_weights(folder, device=device, flip=flip, name=weights or folder.name)
         options = InferOptions(keypoint_format=fmt, person=person, fps=fps, width=width, height=height,
-                               stature_mm=stature_mm or 1700.0, focal_px=focal_px, cx=cx, cy=cy, smooth=smooth, render=render,
+                               stature_mm=stature_mm or 1700.0, focal_px=focal_px, cx=cx, cy=cy, smooth=smooth,
+                               render=render,
                                viewer=viewer, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                                flip=flip, stride=stride, device=device, max_frames=max_frames,
                                detector_python=detector_python)
@@ -300,7 +302,8 @@ def weights_pull(name: str = typer.Argument(..., help="A name from `dualpose wei
 
 
 @weights_app.command("package")
-def weights_package(source: Path = typer.Argument(..., help="Trained weights folder (e.g. artifacts/models/finetune/best)."),
+def weights_package(source: Path = typer.Argument(..., help="Trained weights folder "
+                                                 "(e.g. artifacts/models/finetune/best)."),
                     dest: Path = typer.Argument(..., help="Folder to write, e.g. dualpose/weights/dualpose-xs-cmu."),
                     fps: float = typer.Option(..., help="Frame rate of the training data (infer resamples to it)."),
                     model_card: Path = typer.Option(..., help="MODEL_CARD.md to ship with the weights.")):

@@ -61,7 +61,7 @@ class InferenceResult:
         """Every array stacked over (track, frame) rows, plus the smoothed copies when present."""
         t = self.tracks
         out: dict[str, np.ndarray] = {
-            "track": np.concatenate([np.full(len(x.frame), x.track_id, np.int32) for x in t]) if t else np.zeros(0, np.int32),
+            "track": _cat([np.full(len(x.frame), x.track_id) for x in t], (0,), np.int32),
             "frame": _cat([x.frame for x in t], (0,), np.int64),
             "valid": _cat([x.valid for x in t], (0,), bool),
             "confidence": _cat([x.confidence for x in t], (0,), np.float32),
