@@ -106,14 +106,14 @@ def main() -> None:
         record["finetune_seconds"] = run(dp + ["finetune", "--fresh"] + p + ARMS[arm], log)
         record["finetune"] = json.loads((artifacts / "models" / "finetune" / "metrics.json").read_text())
         record["evaluate_seconds"] = run(dp + ["evaluate"] + p + ARMS[arm], log)
-        metrics = json.loads((artifacts / "eval" / "cmu" / "metrics.json").read_text())
+        metrics = json.loads((artifacts / "eval" / "cmu" / "metrics_detail.json").read_text())
         record["test"] = {k: metrics.get(k) for k in METRICS}
         record["test"]["reference_windows_mpjpe_mm"] = metrics.get("reference_windows", {}).get("mpjpe_mm")
         keep = args.work / "arms" / arm
         if keep.exists():
             shutil.rmtree(keep)
         shutil.copytree(artifacts / "models" / "finetune", keep)
-        shutil.copy(artifacts / "eval" / "cmu" / "metrics.json", keep / "test-metrics.json")
+        shutil.copy(artifacts / "eval" / "cmu" / "metrics_detail.json", keep / "test-metrics.json")
         results["arms"][arm] = record
         results_path.write_text(json.dumps(results, indent=1))
         print(arm, json.dumps(record["test"]), flush=True)

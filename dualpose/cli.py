@@ -44,6 +44,32 @@ def _run(fn):
         raise typer.Exit(2) from None
 
 
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1 else f"{v:,.1f}"
+    return str(v)
+
+
+def _echo_result(result: dict, indent: str = "  ") -> None:
+    """A stage's result as ``key: value`` lines (numbers rounded; nested parts left to the files)."""
+    for key, value in result.items():
+        if isinstance(value, (dict, list, tuple)):
+            continue
+        typer.echo(f"{indent}{key.replace('_', ' ')}: {_value(value)}")
+
+
+def _echo_evaluation(result: dict) -> None:
+    m = result["metrics"]
+    if m.get("model"):
+        typer.echo(f"  model: {m['model']}")
+    typer.echo("  " + ", ".join(f"{label} {_value(m[k])} mm" for k, label in
+                                (("mpjpe_mm", "P1"), ("p_mpjpe_mm", "P2"), ("n_mpjpe_mm", "N-MPJPE"))
+                                if m.get(k) is not None))
+    if m.get("baseline_mean_pose_mpjpe_mm") is not None:
+        typer.echo(f"  mean-pose baseline P1 {_value(m['baseline_mean_pose_mpjpe_mm'])} mm")
+    typer.echo(f"  report: {result['report']}")
+
+
 def _datasets(params, names: list[str] | None) -> list[str]:
     return list(names) if names else list(params.enabled_datasets())
 
@@ -100,7 +126,8 @@ def pretrain(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Ove
 
         params, layout, _ = _context(params_path, overrides)
         result = run_pretraining(params, layout, resume=not fresh)
-        typer.echo(json.dumps(result, indent=1))
+        typer.echo("pretraining done")
+        _echo_result(result)
     _run(body)
 
 
@@ -113,7 +140,8 @@ def finetune(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Ove
 
         params, layout, _ = _context(params_path, overrides)
         result = run_finetuning(params, layout, resume=not fresh)
-        typer.echo(json.dumps(result, indent=1))
+        typer.echo("finetuning done")
+        _echo_result(result)
     _run(body)
 
 
@@ -127,7 +155,8 @@ def evaluate(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Ove
 
         params, layout, _ = _context(params_path, overrides)
         result = run_evaluation(params, layout, weights=weights, split=split)
-        typer.echo(json.dumps(result["summary"], indent=1))
+        typer.echo(f"evaluation of {params.train_dataset} ({split})")
+        _echo_evaluation(result)
     _run(body)
 
 
@@ -147,17 +176,15 @@ def run_all(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Over
         prepared = prepare_dataset(params, name, layout, base)
         typer.echo(f"  {prepared.rows} frames, {prepared.videos} videos -> {prepared.folder}")
         typer.secho("[2/6] clips", bold=True)
-        typer.echo(f"  {build_clips(params, layout, name)}")
+        typer.echo("  " + ", ".join(f"{k} {v}" for k, v in build_clips(params, layout, name).items()))
         typer.secho("[3/6] masked 2D inputs", bold=True)
-        typer.echo(f"  {build_masks(params, layout, name)}")
+        typer.echo("  " + ", ".join(f"{k} {v}" for k, v in build_masks(params, layout, name).items()))
         typer.secho("[4/6] CRL pretraining", bold=True)
-        run_pretraining(params, layout, resume=False)
+        _echo_result(run_pretraining(params, layout, resume=False))
         typer.secho("[5/6] finetuning", bold=True)
-        run_finetuning(params, layout, resume=False)
+        _echo_result(run_finetuning(params, layout, resume=False))
         typer.secho("[6/6] evaluation", bold=True)
-        result = run_evaluation(params, layout)
-        typer.echo(f"  report: {result['report']}")
-        typer.echo(json.dumps(result["summary"], indent=1))
+        _echo_evaluation(run_evaluation(params, layout))
     _run(body)
 
 
@@ -179,6 +206,115 @@ def predict(keypoints: Path = typer.Argument(..., help="Detector output: a JSON 
         save_prediction(result, out)
         typer.echo(f"{len(result['poses_3d'])} frames -> {out} (poses_3d: normalised, poses_3d_mm: scaled to a "
                    f"{subject_height_mm:.0f} mm stature; root-relative, camera axes x right, y down, z forward)")
+    _run(body)
+
+
+@app.command()
+def infer(source: Path = typer.Argument(..., help="A video file, a folder of images, or a keypoint JSON file."),
+          out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <source>_3d)."),
+          weights: Optional[str] = typer.Option(None, help="Weights folder or name (default: the packaged "
+                                                "dualpose-xs-cmu; see `dualpose weights list`)."),
+          fmt: str = typer.Option("coco17", "--format", help="Keypoint file format: coco17, halpe26, blazepose33."),
+          person: str = typer.Option("all", help="Which tracks: all, longest, largest, central, first or id:N."),
+          fps: Optional[float] = typer.Option(None, help="Source frame rate (overrides the file's; needed for "
+                                              "image folders). Tracks are resampled to the model's rate."),
+          width: Optional[int] = typer.Option(None, help="Image width for keypoint files that lack it."),
+          height: Optional[int] = typer.Option(None, help="Image height for keypoint files that lack it."),
+          stature_mm: Optional[float] = typer.Option(None, help="Subject's stature for the metric scale "
+                                                     "(default 1700, recorded as assumed)."),
+          focal_px: Optional[float] = typer.Option(None, help="Camera focal length in pixels (root trajectory)."),
+          cx: Optional[float] = typer.Option(None, help="Principal point x in pixels (default: image centre)."),
+          cy: Optional[float] = typer.Option(None, help="Principal point y in pixels (default: image centre)."),
+          smooth: bool = typer.Option(False, help="Also write One-Euro smoothed poses (raw ones are kept)."),
+          render: bool = typer.Option(False, help="Render render.mp4: video + 2D overlay beside the 3D view."),
+          viewer: bool = typer.Option(True, help="Write viewer.html, an offline interactive 3D viewer."),
+          formats: str = typer.Option("npz,parquet,csv,json", help="Comma-separated output formats."),
+          flip: bool = typer.Option(True, help="Flip test-time augmentation."),
+          stride: Optional[int] = typer.Option(None, help="Lifting windows every N frames "
+                                               "(default T/3; T: 3x faster)."),
+          device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
+          max_frames: Optional[int] = typer.Option(None, help="Only the first N frames of a video."),
+          detector_python: Optional[str] = typer.Option(None, envvar="DUALPOSE_MEDIAPIPE_PYTHON",
+                                                        help="Python of a separate MediaPipe environment "
+                                                        "(MediaPipe needs protobuf<5); see docs/video.md.")):
+    """Video / images / keypoints -> person tracks -> 3D per track -> npz, Parquet, CSV, JSON, MP4, HTML."""
+    def body():
+        from dualpose.errors import ConfigError
+        from dualpose.video.lift import Lifter
+        from dualpose.video.pipeline import InferOptions, run_infer
+        from dualpose.weights import resolve_weights
+
+        folder = resolve_weights(weights)
+        lifter = Lifter.from_weights(folder, device=device, flip=flip, name=weights or folder.name)
+        options = InferOptions(keypoint_format=fmt, person=person, fps=fps, width=width, height=height,
+                               stature_mm=stature_mm or 1700.0, focal_px=focal_px, cx=cx, cy=cy, smooth=smooth,
+                               render=render,
+                               viewer=viewer, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+                               flip=flip, stride=stride, device=device, max_frames=max_frames,
+                               detector_python=detector_python)
+        target = out or source.with_name(source.stem + "_3d")
+        try:
+            run = run_infer(source, target, lifter, options, stature_given=stature_mm is not None)
+        except (ImportError, ValueError) as exc:  # missing optional extra, bad option value
+            if isinstance(exc, DualPoseError):
+                raise
+            raise ConfigError(str(exc)) from None
+        typer.echo(f"{run.frames} frames, {len(run.result.tracks)} track(s) lifted with {lifter.name} "
+                   f"on {lifter.device.type}")
+        for t in run.result.tracks:
+            typer.echo(f"  track {t.track_id}: frames {t.frame[0]}-{t.frame[-1]} ({int(t.valid.sum())} detected)")
+        for kind, path in run.files.items():
+            typer.echo(f"  {kind:>7}: {path}")
+    _run(body)
+
+
+weights_app = typer.Typer(no_args_is_help=True, help="Ready-to-use model weights: list and pull.")
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("list")
+def weights_list(catalog: Optional[str] = typer.Option(None, help="Catalogue path or URL (default: packaged).")):
+    """Packaged, pulled and downloadable weights."""
+    def body():
+        from dualpose.weights import DEFAULT_WEIGHTS, list_weights
+
+        entries = list_weights(catalog)
+        if not entries:
+            typer.echo("no weights installed or catalogued")
+        for e in entries:
+            mark = " (default)" if e.name == DEFAULT_WEIGHTS else ""
+            where = str(e.path) if e.path else e.url
+            typer.echo(f"{e.name}{mark}  [{e.where}]  {where}" + (f"  - {e.description}" if e.description else ""))
+    _run(body)
+
+
+@weights_app.command("pull")
+def weights_pull(name: str = typer.Argument(..., help="A name from `dualpose weights list`."),
+                 catalog: Optional[str] = typer.Option(None, help="Catalogue path or URL (default: packaged)."),
+                 force: bool = typer.Option(False, help="Download again even if present.")):
+    """Download catalogued weights (sha256-checked, resumable) into the weights cache."""
+    def body():
+        from dualpose.weights import pull_weights
+
+        folder = pull_weights(name, catalog, force=force)
+        typer.echo(f"{name} -> {folder}")
+    _run(body)
+
+
+@weights_app.command("package")
+def weights_package(source: Path = typer.Argument(..., help="Trained weights folder "
+                                                 "(e.g. artifacts/models/finetune/best)."),
+                    dest: Path = typer.Argument(..., help="Folder to write, e.g. dualpose/weights/dualpose-xs-cmu."),
+                    fps: float = typer.Option(..., help="Frame rate of the training data (infer resamples to it)."),
+                    model_card: Path = typer.Option(..., help="MODEL_CARD.md to ship with the weights.")):
+    """Write a packaged weights folder: fp16 safetensors, config.json with fps, MODEL_CARD.md."""
+    def body():
+        from dualpose.io.download import sha256_file
+        from dualpose.weights import package_weights
+
+        folder = package_weights(source, dest, fps=fps, model_card=model_card.read_text(encoding="utf-8"))
+        file = folder / "model.safetensors"
+        typer.echo(f"{source} -> {folder} ({file.stat().st_size / 1e6:.2f} MB, sha256 {sha256_file(file)})")
     _run(body)
 
 

@@ -4,7 +4,9 @@ Every video is predicted through overlapping T-frame windows (averaged where the
 ``centre`` mode predicts each frame at the centre of its own window, the MPI-INF-3DHP
 protocol), optionally with flip test-time augmentation. Predictions are decoded to millimetres
 by the same codec that encoded the training targets, root at zero. Outputs
-(``<root>/eval/<dataset>``): ``metrics.json`` (for DVC), ``report.md`` and ``plots/``.
+(``<root>/eval/<dataset>``): ``metrics.json`` (the summary scalars, a DVC metric),
+``metrics_detail.json`` (everything: per action, per joint, protocol; not a DVC metric),
+``report.md`` (names the model trained and compares with a mean-pose baseline) and ``plots/``.
 """
 
 from __future__ import annotations
@@ -88,10 +90,23 @@ def predict_split(model: torch.nn.Module, table: EncodedTable, rows: np.ndarray,
     return pred
 
 
+def mean_pose_baseline(table: EncodedTable, codec, train_rows: np.ndarray, gt_mm: np.ndarray) -> dict:
+    """The reference a lifter must beat: predict the mean root-relative training pose (mm) for
+    every evaluated frame. ``{}`` when the split has no training frames with 3D."""
+    rows = np.flatnonzero(train_rows)
+    if not rows.size:
+        return {}
+    a = table.arrays
+    train_mm = codec.decode_target(table.targets.numpy()[rows], a.factor_2_5d[rows], a.width[rows].astype(np.float32))
+    mean_pose = np.nanmean(train_mm, axis=0)
+    err = np.linalg.norm(mean_pose[None] - gt_mm, axis=-1).mean(-1)
+    return {"method": "mean training pose (baseline)", "mpjpe_mm": float(np.nanmean(err))}
+
+
 def run_evaluation(params: Params, layout: Layout, weights: str = "best", split: str = "test",
                    callbacks: list[Callable[[dict], None]] | None = None) -> dict:
     from dualpose.eval.plots import plot_per_action, plot_per_joint, plot_skeleton_pair
-    from dualpose.eval.report import write_markdown_report, write_metrics_json
+    from dualpose.eval.report import describe_model, split_metrics, write_markdown_report, write_metrics_json
 
     cfg = params.evaluate
     dataset = params.train_dataset
@@ -133,6 +148,14 @@ def run_evaluation(params: Params, layout: Layout, weights: str = "best", split:
         notes.append(f"references' windows (non-overlapping {window}-frame clips, tails dropped, short videos "
                      f"resampled; {ref['frames_evaluated']} of {len(sel)} frames): P1 {ref['mpjpe_mm']:.1f} mm, "
                      f"P2 {ref['p_mpjpe_mm']:.1f} mm")
+    baseline = mean_pose_baseline(table, codec, split_rows(table, index, "train") & a.has_3d, gt_mm)
+    spec = model.spec
+    n_params = sum(p.numel() for p in model.parameters())
+    from dualpose.model.config import VARIANTS
+
+    model_line = describe_model(spec, n_params, params.model.variant, VARIANTS.get(params.model.variant))
+    metrics.update({"model": model_line, "model_depth": spec.depth, "model_dim": spec.dim,
+                    "model_params": int(n_params), "baseline_mean_pose_mpjpe_mm": baseline.get("mpjpe_mm")})
 
     out = layout.eval_dir(dataset)
     plots_dir = out / "plots"
@@ -148,11 +171,14 @@ def run_evaluation(params: Params, layout: Layout, weights: str = "best", split:
     figures["Prediction beside ground truth (median-error frame)"] = plot_skeleton_pair(
         pred_mm[sample], gt_mm[sample], plots_dir / "sample_skeleton.png", skeleton,
         title=f"{video} frame {a.frame[sel[sample]]}: {errors[sample]:.1f} mm")
-    metrics_path = write_metrics_json(metrics, out / "metrics.json")
+    summary_metrics, detail = split_metrics(metrics)
+    metrics_path = write_metrics_json(summary_metrics, out / "metrics.json")
+    write_metrics_json(detail, out / "metrics_detail.json")
     report = write_markdown_report(
         out / "report.md", metrics, title=f"Evaluation: {dataset} ({split})",
         published=REFERENCE_RESULTS.get(adapter_family(adapter), []),
-        label=f"DualPose-{params.model.variant} (this run)",
+        label=f"DualPose-{params.model.variant} (this run)", model=model_line,
+        baselines=[baseline] if baseline else [],
         figures={k: str(Path(v).relative_to(out)) for k, v in figures.items()},
         notes=notes,
     )

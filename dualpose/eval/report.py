@@ -72,6 +72,28 @@ def to_jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to a metrics JSON: {value!r}")
 
 
+#: What ``metrics.json`` (the DVC metric) keeps, in this order: one readable row in ``dvc metrics show``.
+SUMMARY_METRIC_KEYS = ("mpjpe_mm", "p_mpjpe_mm", "n_mpjpe_mm", "mpjve_mm_per_frame", "accel_error_mm_per_frame2",
+                       "pck_percent", "auc_percent", "baseline_mean_pose_mpjpe_mm", "model_params", "frames")
+
+
+def split_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary, detail): the few numbers ``dvc metrics show`` tabulates readably, and everything
+    (per action, per joint, protocol, counts, run settings) for a separate file that is not a DVC metric."""
+    summary = {k: metrics[k] for k in SUMMARY_METRIC_KEYS if k in metrics}
+    return summary, dict(metrics)
+
+
+def describe_model(spec: Any, params: int, variant: str, designed: Mapping[str, int] | None) -> str:
+    """One line naming the model actually trained, e.g. ``XS shrunk to 4 blocks x 32 channels, 0.3 M
+    parameters (the quick start's; the XS of the paper is 12 x 64)``."""
+    size = f"{spec.depth} blocks x {spec.dim} channels, {params / 1e6:.2f} M parameters, T = {spec.T}"
+    if designed and (designed.get("depth"), designed.get("dim")) != (spec.depth, spec.dim):
+        return (f"DualPose-{variant} shrunk to {size} (model.overrides; the {variant} of the paper is "
+                f"{designed['depth']} x {designed['dim']}): a quick-start model, not the published size")
+    return f"DualPose-{variant}: {size}"
+
+
 def write_metrics_json(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write metrics as strict JSON (indented, keys in the given order), atomically."""
     text = json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n"
@@ -167,13 +189,23 @@ def render_markdown(
     label: str = "this run",
     notes: Sequence[str] = (),
     figures: Mapping[str, str] | None = None,
+    model: str | None = None,
+    baselines: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """A markdown report: summary (with published comparison rows), per-action, per-joint,
     counts and protocol. ``published`` rows are dicts with ``method`` and any summary keys
     (e.g. ``{"method": "paper (Ye et al. 2025)", "mpjpe_mm": 38.0, "p_mpjpe_mm": 31.9}``);
-    ``figures`` maps captions to image paths relative to the report.
+    ``figures`` maps captions to image paths relative to the report. ``model`` names what was
+    trained (see :func:`describe_model`); ``baselines`` are reference rows computed on the same
+    frames (e.g. the mean training pose), listed right under this run.
     """
-    parts = [f"# {title}", "", "## Summary", "", summary_table(metrics, published, label), ""]
+    parts = [f"# {title}", ""]
+    if model:
+        parts += [f"Model: {model}", ""]
+    parts += ["## Summary", "", summary_table(metrics, [*baselines, *published], label), ""]
+    if baselines:
+        parts += ["Baseline rows are computed on the same frames: a lifter must beat them to have learnt "
+                  "anything from the 2D input.", ""]
     if metrics.get("per_action"):
         parts += ["## Per action", "", per_action_table(metrics), ""]
     if metrics.get("per_joint"):
