@@ -563,3 +563,148 @@ def test_a_stage_runs_in_a_kubernetes_pod_through_s3_pipes(tmp_path, monkeypatch
     assert done.metadata["launcher"].value == f"kubernetes: 1 x 1 ({name})"
     check = result.get_asset_check_evaluations()[0]
     assert check.check_name == "weights_finite" and check.passed
+
+
+# -- the other backends end to end: fake schedulers that really run the job on this machine ------------------
+def _python_wrapper(bin_dir: Path) -> None:
+    """``python`` on PATH that is this interpreter (what the image / cluster environment provides)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+
+
+RUN_IN_BACKGROUND = """
+import subprocess
+def start(command, env, name):
+    log = open(STATE / f"{name}.log", "w")
+    wrapped = f"({command}); echo $? > {STATE / (name + '.exit')}"
+    subprocess.Popen(["bash", "-c", wrapped], env=env, stdout=log, stderr=log, start_new_session=True)
+def exit_code(name):
+    path = STATE / f"{name}.exit"
+    return int(path.read_text()) if path.exists() and path.read_text().strip() else None
+"""
+
+SLURM_RUNNING_FAKES = {
+    "sbatch": RUN_IN_BACKGROUND + """
+import shlex
+start("bash " + shlex.quote(sys.argv[-1]), dict(os.environ, SLURM_JOB_NODELIST="node001", SLURM_NODEID="0"), "4243")
+print("4243")
+""",
+    "squeue": RUN_IN_BACKGROUND + "print('RUNNING' if exit_code('4243') is None else '')\n",
+    "sacct": RUN_IN_BACKGROUND + "code = exit_code('4243')\nprint('COMPLETED|0:0' if code == 0 else f'FAILED|{code}:0')\n",
+    "scontrol": "print('127.0.0.1')\n",
+    "srun": "args = sys.argv[1:]\nwhile args[0].startswith('--'):\n    args = args[1:]\nos.execvp(args[0], args)\n",
+}
+
+SKY_RUNNING = RUN_IN_BACKGROUND + """
+import yaml
+args = sys.argv[1:]
+if args[0] == "launch":
+    task = yaml.safe_load(Path(args[-1]).read_text())
+    env = dict(os.environ, **{k: str(v) for k, v in task["envs"].items()}, SKYPILOT_NODE_RANK="0",
+               SKYPILOT_NODE_IPS="127.0.0.1\\n", SKYPILOT_NUM_NODES=str(task["num_nodes"]))
+    start(task["run"], env, "job5")
+    print("Job submitted, ID: 5")
+else:
+    code = exit_code("job5")
+    status = "RUNNING" if code is None else "SUCCEEDED" if code == 0 else "FAILED"
+    print("ID  TASK  NAME      USER  SUBMITTED  STARTED  DURATION  RESOURCES  STATUS     LOG")
+    print(f"5   -     dualpose  me    now        now      1s        1x[CPU:1]  {status:<10} ~/l")
+"""
+
+
+class LocalIndexedJob(LocalPods):
+    """Stands in for the batch API: each index of an indexed Job runs here as a process (node rank =
+    JOB_COMPLETION_INDEX), pod 0's DNS name answered by 127.0.0.1 and a free port for the rendezvous."""
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        self.jobs, self.services = [], []
+
+    def create_namespaced_service(self, namespace, body):
+        self.services.append((namespace, body))
+
+    def delete_namespaced_service(self, name, namespace):
+        self.deleted.append(("service", name))
+
+    def create_namespaced_job(self, namespace, body):
+        from tests.servers import free_port
+
+        self.jobs.append((namespace, body))
+        container = body["spec"]["template"]["spec"]["containers"][0]
+        command = [sys.executable if c == "python" else c for c in container["command"]]
+        command[command.index("--master-addr") + 1] = "127.0.0.1"
+        command[command.index("--master-port") + 1] = str(free_port())
+        local = command.index("--local-root") + 1
+        for index in range(body["spec"]["completions"]):
+            node = list(command)
+            node[local] = f"{command[local]}-node{index}"  # two "nodes" on one machine: two folders
+            env = subprocess_env(**{e["name"]: e["value"] for e in container["env"]},
+                                 JOB_COMPLETION_INDEX=str(index))
+            log = open(self.workdir / f"node{index}.log", "w")
+            self.processes[index] = subprocess.Popen(node, env=env, stdout=log, stderr=log)
+
+    def read_namespaced_job_status(self, name, namespace):
+        codes = [p.poll() for p in self.processes.values()]
+        status = {"succeeded": sum(c == 0 for c in codes), "failed": sum(c not in (None, 0) for c in codes)}
+        return type("Job", (), {"status": status})
+
+    def delete_namespaced_job(self, name, namespace, propagation_policy=None):
+        self.deleted.append(("job", name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["kubernetes-2-nodes", "slurm", "skypilot"])
+def test_remote_backends_run_a_stage_end_to_end(tmp_path, monkeypatch, backend):
+    pytest.importorskip("s3fs")
+    from dualpose.io.storage import Storage
+    from pipelines.defs.resources import KubernetesSettings, SkyPilotSettings, SlurmSettings, TrainingLauncher
+    from pipelines.launchers import dagster_remote
+    from tests.pipelines_support import load_definitions
+    from tests.servers import create_bucket, moto_s3
+
+    root = "s3://dualpose-remote/e2e"
+    params = write_params(tmp_path, tiny_params(root))
+    defs = load_definitions(monkeypatch, params)
+    bin_dir = tmp_path / "bin"
+    _python_wrapper(bin_dir)
+    common = dict(launcher="python", gpus_per_node=1, mixed_precision="no", pipes_interval_s=0.5,
+                  remote_env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "DUALPOSE_PROGRESS": "0"})
+    if backend == "kubernetes-2-nodes":
+        cluster = LocalIndexedJob(tmp_path)
+        monkeypatch.setattr(dagster_remote, "kubernetes_apis", lambda settings: (cluster, cluster))
+        launcher = TrainingLauncher(backend="kubernetes", nodes=2, **common,
+                                    kubernetes=KubernetesSettings(image="r/dualpose:t", namespace="train",
+                                                                  poll_interval_s=0.2))
+    elif backend == "slurm":
+        for name, body in SLURM_RUNNING_FAKES.items():
+            _fake_bin(bin_dir, name, body)
+        launcher = TrainingLauncher(backend="slurm", **common,
+                                    slurm=SlurmSettings(script_dir=str(tmp_path / "scripts"), poll_interval_s=0.2))
+    else:
+        _fake_bin(bin_dir, "sky", SKY_RUNNING)
+        launcher = TrainingLauncher(backend="skypilot", **common,
+                                    skypilot=SkyPilotSettings(cluster="dp", poll_interval_s=0.2))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    with moto_s3():
+        create_bucket(os.environ["AWS_ENDPOINT_URL"], "dualpose-remote")
+        _prepare_on_s3(tmp_path, root)
+        resources = {**make_resources(params, work_dir=tmp_path / "work"), "launcher": launcher}
+        result = dg.materialize([*defs.assets, *defs.asset_checks], resources=resources,
+                                selection=dg.AssetSelection.assets("pretrained_weights"), raise_on_error=False)
+        logs = "\n".join(p.read_text()[-2000:] for p in sorted(tmp_path.rglob("*.log")))
+        assert result.success, logs
+        metrics = json.loads(Storage(root).read_text("models/pretrain/metrics.json"))
+    done = result.asset_materializations_for_node("pretrained_weights")[0]
+    assert done.metadata["final_loss"].value == pytest.approx(metrics["final_loss"])
+    assert done.metadata["processes"].value == metrics["processes"]
+    assert "data:image/png;base64," in done.metadata["loss_curve"].value
+    assert done.metadata["weights"].value == f"{root}/models/pretrain"
+    assert done.metadata["launcher"].value.startswith(f"{launcher.backend}: {launcher.nodes} x 1 ")
+    if backend == "kubernetes-2-nodes":
+        assert metrics["processes"] == 2  # one process per node, one torchrun group
+        assert [kind for kind, _ in cluster.deleted] == ["job", "service"]
+        assert cluster.jobs[0][1]["spec"]["completions"] == 2
+    else:
+        assert metrics["processes"] == 1

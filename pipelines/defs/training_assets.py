@@ -70,9 +70,8 @@ def _run_remote_stage(context: dg.AssetExecutionContext, stage: str, params: Par
     metadata = {}
     for key, value in (result.metadata or {}).items():
         if isinstance(value, dg.PathMetadataValue):
-            try:
-                name = Path(value.path).relative_to(job.local_root).as_posix()
-            except ValueError:
+            name = _remote_name(str(value.path), job.local_root, [*job.outputs, *job.inputs])
+            if name is None:
                 metadata[key] = value
                 continue
             if name.endswith(".png"):
@@ -88,6 +87,21 @@ def _run_remote_stage(context: dg.AssetExecutionContext, stage: str, params: Par
     metadata["launcher"] = dg.MetadataValue.text(f"{launcher.resolved_backend()}: {job.nnodes} x "
                                                  f"{job.nproc_per_node} ({job.name})")
     return dg.MaterializeResult(metadata=metadata, data_version=result.data_version)
+
+
+def _remote_name(path: str, local_root: str, names: list[str]) -> str | None:
+    """The storage name of a path reported by a remote node: relative to its local root, or (should a
+    node stage elsewhere) from the first artefact name found in the path; None when neither fits."""
+    try:
+        return Path(path).relative_to(local_root).as_posix()
+    except ValueError:
+        pass
+    posix = Path(path).as_posix()
+    for name in names:
+        at = posix.find(f"/{name}")
+        if at >= 0 and (posix[at + 1 + len(name):][:1] in ("", "/")):
+            return posix[at + 1:]
+    return None
 
 
 def _embedded_plot(key: str, value):
