@@ -231,3 +231,29 @@ def test_models_cli_list_promote_restore(trained, tmp_path):
     assert restored.exit_code == 0 and registry.champion()["version"] == b["id"]
     unknown = cli("models", "restore", "nope")
     assert unknown.exit_code == 2 and "no such model version" in unknown.output
+
+
+def test_models_register_cli_versions_the_evaluated_best_model(trained, tmp_path):
+    root, layout, params, weights = trained
+    path = write_params(tmp_path, tiny_params(root))
+    best = root / "models" / "finetune" / "best"
+    best.parent.mkdir(parents=True)
+    weights("best").rename(best)
+    (root / "models" / "finetune" / "metrics.json").write_text(json.dumps({"best_val_mpjpe_mm": 80.0}))
+    metrics = layout.eval_dir("synthetic") / "metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"mpjpe_mm": 91.5, "split": "test", "weights": str(best),
+                                   "per_action": {"walk": 90.0}}))
+    runner = CliRunner()
+    first = runner.invoke(app, ["models", "register", "--params", str(path), "--run-id", "dvc-1"])
+    assert first.exit_code == 0, first.output
+    assert "promoted: no champion yet" in first.output
+    (version,) = ModelRegistry.at(root).versions()
+    assert version["lineage"]["run_id"] == "dvc-1" and version["benchmark"]["score_mm"] == 91.5
+    assert version["metrics"] == {"best_val_mpjpe_mm": 80.0} and "per_action" not in version["evaluation"]
+    assert resolve_weights(root, "champion") == root / "models" / "versions" / version["id"] / "weights"
+
+    metrics.write_text(json.dumps({"mpjpe_mm": 50.0, "split": "validation", "weights": str(best)}))
+    wrong = runner.invoke(app, ["models", "register", "--params", str(path)])
+    assert wrong.exit_code == 2 and "expected" in wrong.output and "'test'" in wrong.output
+    assert len(ModelRegistry.at(root).versions()) == 1
