@@ -26,7 +26,6 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from dualpose.config import Params
 from dualpose.errors import ConfigError
@@ -214,6 +213,7 @@ class ModelRegistry:
             version_id = f"{created:%Y%m%dT%H%M%SZ}-{weights_hash[:8]}-{suffix}"
             suffix += 1
         score = evaluation.get(params.registry.metric)
+        fingerprint = file_digest(list(data_files))
         record = {
             "id": version_id,
             "created": created.isoformat(timespec="microseconds"),
@@ -222,8 +222,8 @@ class ModelRegistry:
             "metrics": metrics,
             "evaluation": evaluation,
             "benchmark": {"dataset": params.train_dataset, "split": benchmark_split, "metric": params.registry.metric,
-                          "score_mm": score, "data_fingerprint": file_digest(data_files)},
-            "lineage": {"data_fingerprint": file_digest(data_files), "params_hash": params_hash(params),
+                          "score_mm": score, "data_fingerprint": fingerprint},
+            "lineage": {"data_fingerprint": fingerprint, "params_hash": params_hash(params),
                         "code_version": code_version(), "run_id": run_id,
                         "model": {"variant": params.model.variant, **params.model.overrides}},
             "config": params.model_dump(mode="json", exclude={"storage"}),

@@ -151,7 +151,8 @@ class TrainingLauncher(dg.ConfigurableResource):
                                 "default: $DUALPOSE_LAUNCHER, else local")
     nodes: int = Field(default=1, ge=1)
     gpus_per_node: int = Field(default=1, ge=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        default="bf16", description="remote launchers: ACCELERATE_MIXED_PRECISION of the training processes")
     remote_env: dict[str, str] = Field(default_factory=dict, description="environment of every remote process")
     pipes_interval_s: float = Field(default=10.0, gt=0, description="seconds between Pipes message uploads")
     pipes_include_stdio: bool = Field(default=True, description="remote stdout/stderr into Dagster's logs")

@@ -10,6 +10,7 @@ a local run, from any cluster that reaches the bucket.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,7 +124,7 @@ def run_remote(launcher: "TrainingLauncher", context: dg.AssetExecutionContext, 
             return invocation, job
         with dg.open_pipes_session(context=context, extras=extras, context_injector=injector,
                                    message_reader=reader) as session:
-            job = RemoteJob(**{**job.__dict__, "env": {**job.env, **session.get_bootstrap_env_vars()}})
+            job = dataclasses.replace(job, env={**job.env, **session.get_bootstrap_env_vars()})
             _submit(launcher, backend, job, context)
         return dg.PipesClientCompletedInvocation(session), job
     except LaunchFailed as exc:
