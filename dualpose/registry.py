@@ -189,6 +189,10 @@ class ModelRegistry:
         pointer = self.champion()
         if pointer is None:
             return None
+        if not self.storage.is_local:
+            raise ConfigError(f"the champion {pointer['version']} lives on remote storage "
+                              f"({self.storage.path(self.weights_name(pointer['version']))}); copy that folder "
+                              "here and pass it with --weights")
         return self.storage.local_path(self.weights_name(pointer["version"]))
 
     # -- writing -------------------------------------------------------------------------------

@@ -192,6 +192,8 @@ def test_registry_on_s3(tmp_path, trained):
         assert again.champion()["version"] == two["id"]
         assert [v["id"] for v in again.versions()] == [one["id"], two["id"]]
         assert again.storage.read_bytes(f"models/versions/{two['id']}/weights/model.safetensors") == b"weights of s3-two"
+        with pytest.raises(ConfigError, match=f"the champion {two['id']} lives on remote storage .*--weights"):
+            again.champion_weights()
 
 
 def test_registry_section_of_params(tmp_path):
