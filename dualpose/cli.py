@@ -147,14 +147,17 @@ def finetune(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Ove
 
 @app.command()
 def evaluate(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt,
-             weights: str = typer.Option("best", help="Finetuned weights to evaluate: best or last, or a folder."),
+             weights: str = typer.Option("champion", help="Weights to evaluate: champion (the promoted model; "
+                                         "models/finetune/best when there is none), best, last, or a folder."),
              split: str = typer.Option("test", help="Split to evaluate (test or validation).")):
     """Evaluate the finetuned lifter: P1, P2, N-MPJPE, MPJVE, accel, per action/joint, PCK/AUC."""
     def body():
         from dualpose.eval.evaluate import run_evaluation
+        from dualpose.registry import resolve_weights
 
-        params, layout, _ = _context(params_path, overrides)
-        result = run_evaluation(params, layout, weights=weights, split=split)
+        params, layout, base = _context(params_path, overrides)
+        chosen = str(resolve_weights(params.storage.root, weights, base)) if weights == "champion" else weights
+        result = run_evaluation(params, layout, weights=chosen, split=split)
         typer.echo(f"evaluation of {params.train_dataset} ({split})")
         _echo_evaluation(result)
     _run(body)
@@ -192,7 +195,9 @@ def run_all(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Over
 def predict(keypoints: Path = typer.Argument(..., help="Detector output: a JSON file of 2D keypoints."),
             out: Path = typer.Option(Path("prediction.npz"), "--out", help="Where to write the 3D poses (.npz)."),
             fmt: str = typer.Option("coco17", "--format", help="coco17, halpe26 or blazepose33."),
-            weights: Path = typer.Option(Path("artifacts/models/finetune/best"), help="Finetuned weights folder."),
+            weights: Optional[Path] = typer.Option(None, help="Weights folder (default: the champion of the "
+                                                   "params file's storage root, else its models/finetune/best)."),
+            params_path: Path = ParamsOpt,
             width: Optional[int] = typer.Option(None, help="Image width in pixels (if the file lacks it)."),
             height: Optional[int] = typer.Option(None, help="Image height in pixels (if the file lacks it)."),
             fps: float = typer.Option(30.0, help="Frame rate when the file lacks it (recorded only)."),
@@ -202,7 +207,14 @@ def predict(keypoints: Path = typer.Argument(..., help="Detector output: a JSON 
     def body():
         from dualpose.infer import lift_keypoints_file, save_prediction
 
-        result = lift_keypoints_file(keypoints, weights, fmt, width, height, fps, subject_height_mm, flip)
+        chosen = weights
+        if chosen is None:
+            from dualpose.config import load_params
+            from dualpose.registry import resolve_weights
+
+            root = load_params(params_path).storage.root if params_path.is_file() else "artifacts"
+            chosen = resolve_weights(root, "champion", params_path.resolve().parent)
+        result = lift_keypoints_file(keypoints, chosen, fmt, width, height, fps, subject_height_mm, flip)
         save_prediction(result, out)
         typer.echo(f"{len(result['poses_3d'])} frames -> {out} (poses_3d: normalised, poses_3d_mm: scaled to a "
                    f"{subject_height_mm:.0f} mm stature; root-relative, camera axes x right, y down, z forward)")
@@ -328,6 +340,100 @@ def model_info(as_json: bool = typer.Option(False, "--json", help="Machine-reada
 
         rows = info(variant or None)
         typer.echo(json.dumps(rows, indent=1) if as_json else format_model_info(rows))
+    _run(body)
+
+
+# -- model versions and the champion (dualpose/registry.py) -----------------------------------------
+models_app = typer.Typer(no_args_is_help=True, help="Versioned models: list, register, promote, restore.")
+app.add_typer(models_app, name="models")
+
+
+def _registry(params_path: Path, overrides: list[str] | None):
+    from dualpose.registry import ModelRegistry
+
+    params, _, base = _context(params_path, overrides)
+    return params, ModelRegistry.at(params.storage.root, base), base
+
+
+@models_app.command("list")
+def models_list(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt,
+                as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Every registered version (oldest first) with its benchmark score; * marks the champion."""
+    def body():
+        from dualpose.registry import benchmark_score
+
+        _, registry, _ = _registry(params_path, overrides)
+        pointer = registry.champion()
+        current = pointer["version"] if pointer else None
+        rows = [{"id": v["id"], "champion": v["id"] == current, "score_mm": benchmark_score(v),
+                 "metric": v["benchmark"].get("metric"), "dataset": v["benchmark"].get("dataset"),
+                 "run_id": v["lineage"].get("run_id"), "code_version": v["lineage"].get("code_version")}
+                for v in registry.versions()]
+        if as_json:
+            typer.echo(json.dumps({"champion": pointer, "versions": rows}, indent=1))
+            return
+        if not rows:
+            typer.echo("no model versions yet (run `dualpose models register` after an evaluation)")
+        for r in rows:
+            score = "n/a" if r["score_mm"] is None else f"{r['score_mm']:.2f} mm"
+            typer.echo(f"{'*' if r['champion'] else ' '} {r['id']}  {r['metric']} {score}  {r['dataset']}  "
+                       f"run {r['run_id']}  code {r['code_version']}")
+    _run(body)
+
+
+@models_app.command("register")
+def models_register(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt,
+                    run_id: str = typer.Option("cli", help="Recorded in the version's lineage."),
+                    promote: bool = typer.Option(True, help="Promote when it beats the champion by the margin.")):
+    """Register models/finetune/best with its evaluation (eval/<dataset>/metrics.json, test split)."""
+    def body():
+        from dualpose.errors import ConfigError
+        from dualpose.registry import data_files, resolve_weights
+
+        params, registry, base = _registry(params_path, overrides)
+        layout = _context(params_path, overrides)[1]
+        best = resolve_weights(params.storage.root, "best", base)
+        metrics_file = layout.eval_dir(params.train_dataset) / "metrics.json"
+        if not metrics_file.is_file():
+            raise FileNotFoundError(f"{metrics_file}: no evaluation; run `dualpose evaluate --weights best` first")
+        evaluation = json.loads(metrics_file.read_text())
+        if evaluation.get("split") != "test" or Path(evaluation.get("weights", "")).resolve() != best.resolve():
+            raise ConfigError(f"{metrics_file}: evaluates {evaluation.get('weights')} on split "
+                              f"{evaluation.get('split')!r}; expected {best} on 'test' "
+                              "(run `dualpose evaluate --weights best`)")
+        train = layout.model("finetune") / "metrics.json"
+        data = data_files(layout, params.train_dataset)
+        record = registry.register(best, params, metrics=json.loads(train.read_text()) if train.is_file() else {},
+                                   evaluation={k: v for k, v in evaluation.items() if not isinstance(v, (dict, list))},
+                                   run_id=run_id, data_files=data)
+        typer.echo(f"registered {record['id']} ({params.registry.metric} {record['benchmark']['score_mm']})")
+        if promote:
+            decision, _ = registry.promote_if_better(record["id"], params.registry.promotion_margin_mm)
+            typer.echo(("promoted: " if decision.promote else "champion kept: ") + decision.reason)
+    _run(body)
+
+
+@models_app.command("promote")
+def models_promote(version: str = typer.Argument(..., help="Version id (see `dualpose models list`)."),
+                   params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt):
+    """Promote VERSION if it beats the champion by registry.promotion_margin_mm (else leave it)."""
+    def body():
+        params, registry, _ = _registry(params_path, overrides)
+        decision, _ = registry.promote_if_better(version, params.registry.promotion_margin_mm)
+        typer.echo(("promoted: " if decision.promote else "champion kept: ") + decision.reason)
+        if not decision.promote:
+            raise typer.Exit(1)
+    _run(body)
+
+
+@models_app.command("restore")
+def models_restore(version: str = typer.Argument(..., help="Version id to make the champion again."),
+                   params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt):
+    """Make VERSION the champion whatever its score (roll back a promotion)."""
+    def body():
+        _, registry, _ = _registry(params_path, overrides)
+        pointer = registry.restore(version)
+        typer.echo(f"champion: {pointer['version']} (restored)")
     _run(body)
 
 

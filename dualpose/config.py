@@ -152,6 +152,15 @@ class StorageConfig(Section):
     root: str = "artifacts"  # local folder or s3://bucket/prefix
 
 
+class RegistryConfig(Section):
+    """Model versions and promotion (dualpose/registry.py): a retrained model replaces the champion
+    only when its ``metric`` on the benchmark (the test split of ``train_dataset``) is lower by at
+    least ``promotion_margin_mm``."""
+
+    promotion_margin_mm: float = Field(0.5, ge=0.0)
+    metric: Literal["mpjpe_mm", "p_mpjpe_mm", "n_mpjpe_mm"] = "mpjpe_mm"
+
+
 class Params(Section):
     seed: int = 0
     skeleton: str = "h36m17"
@@ -164,6 +173,7 @@ class Params(Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
     @model_validator(mode="after")
     def _train_dataset_known(self) -> "Params":

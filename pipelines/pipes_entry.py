@@ -47,11 +47,35 @@ def pipes_session(rank: int) -> Iterator[Any]:
         return
     from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 
-    if not PipesEnvVarParamsLoader().is_dagster_pipes_process():
+    loader = PipesEnvVarParamsLoader()
+    if not loader.is_dagster_pipes_process():
         yield None
         return
-    with open_dagster_pipes() as pipes:
+    with open_dagster_pipes(**s3_channels(loader.load_context_params(), loader.load_messages_params())) as pipes:
         yield pipes
+
+
+def s3_channels(context_params: dict, messages_params: dict) -> dict:
+    """S3 context loader / message writer when a remote launcher put the Pipes channels on S3.
+
+    Remote launchers (Kubernetes, SkyPilot, SLURM) inject the context as an S3 object and read the
+    messages from S3 chunks (``bucket`` + ``key``/``key_prefix`` in the bootstrap parameters); local
+    launches use the default file channels. The boto3 client takes its endpoint and credentials from
+    the usual ``AWS_*`` variables; ``DUALPOSE_PIPES_S3_INTERVAL`` sets seconds between uploads.
+    """
+    if "bucket" not in context_params and "bucket" not in messages_params:
+        return {}
+    import boto3
+    from dagster_pipes import PipesS3ContextLoader, PipesS3MessageWriter
+
+    client = boto3.client("s3")
+    chosen: dict = {}
+    if "bucket" in context_params:
+        chosen["context_loader"] = PipesS3ContextLoader(client)
+    if "bucket" in messages_params:
+        interval = float(os.environ.get("DUALPOSE_PIPES_S3_INTERVAL", "10"))
+        chosen["message_writer"] = PipesS3MessageWriter(client, interval=interval)
+    return chosen
 
 
 def _format(value: Any) -> str:

@@ -15,7 +15,8 @@ def test_yaml_recipes_parse():
     files = sorted(INFRA.rglob("*.yaml"))
     assert {f.parent.name for f in files} >= {"skypilot", "k8s", "accelerate"}
     for f in files:
-        assert isinstance(yaml.safe_load(f.read_text()), dict), f
+        documents = [d for d in yaml.safe_load_all(f.read_text()) if d is not None]
+        assert documents and all(isinstance(d, dict) for d in documents), f
 
 
 def test_recipes_start_real_cli_commands():

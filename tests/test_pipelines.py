@@ -37,6 +37,8 @@ DATA_CHECKS = {("keypoint_tables", "finite_values"), ("keypoint_tables", "bone_l
                ("keypoint_tables", "plausible_range"), ("clip_index", "clip_counts"), ("masked_inputs", "masked_ratio")}
 TRAINING_CHECKS = {("pretrained_weights", "weights_finite"), ("finetuned_weights", "weights_finite"),
                    ("evaluation_report", "mpjpe_within_threshold")}
+REGISTRY_ASSETS = ["model_version", "champion_model"]  # tests/test_registry_pipeline.py runs them
+REGISTRY_CHECKS = {("model_version", "benchmark_score_finite"), ("champion_model", "champion_is_best_known")}
 
 
 @pytest.fixture(autouse=True)
@@ -90,8 +92,10 @@ def test_definitions_follow_params_yaml(tmp_path, monkeypatch):
     dg.Definitions.validate_loadable(defs)
 
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == set(DATA_ASSETS + TRAINING_ASSETS)
-    assert {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys} == DATA_CHECKS | TRAINING_CHECKS
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == set(DATA_ASSETS + TRAINING_ASSETS +
+                                                                           REGISTRY_ASSETS)
+    assert {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys} == \
+        DATA_CHECKS | TRAINING_CHECKS | REGISTRY_CHECKS
     for key in DATA_ASSETS:  # enabled data sets are the partitions; the disabled one is not
         assert graph.get(dg.AssetKey(key)).partitions_def.get_partition_keys() == ["synthetic", "second"]
     by_key = {k.to_user_string(): a for a in defs.assets for k in a.keys}
@@ -419,7 +423,7 @@ def test_schedule_and_instance_allow_one_training_run(tmp_path, monkeypatch):
     job = defs.resolve_job_def("weekly_retraining")
     assert set(job.graph.node_dict) == set(TRAINING_ASSETS) | {
         f"{a}_{n}" for a, n in TRAINING_CHECKS} or set(TRAINING_ASSETS) <= set(job.graph.node_dict)
-    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == set(TRAINING_ASSETS)
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == set(TRAINING_ASSETS + REGISTRY_ASSETS)
     assert job.run_tags["dualpose/training"] == "true"
     schedule = defs.resolve_schedule_def("weekly_retraining_schedule")
     tick = schedule.evaluate_tick(dg.build_schedule_context())

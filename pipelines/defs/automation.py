@@ -2,7 +2,8 @@
 
 - ``prepare_data``: every data asset (and its checks) for the selected data set partitions.
 - ``prepare_tables``: keypoint tables of one data set; what the ``new_raw_files`` sensor runs.
-- ``weekly_retraining``: pretrain -> finetune -> evaluate (with their checks), tagged
+- ``weekly_retraining``: pretrain -> finetune -> evaluate -> model version -> promotion (with
+  their checks), tagged
   ``dualpose/training`` so that the run queue admits one such run at a time (tag concurrency
   limit in ``pipelines/dagster.yaml``); the training assets also share one pool.
 
@@ -22,6 +23,7 @@ import dagster as dg
 
 from pipelines import settings
 from pipelines.defs.data_assets import DATA_ASSET_KEYS, RAW_FINGERPRINT
+from pipelines.defs.registry_assets import REGISTRY_ASSET_KEYS
 from pipelines.defs.resources import StorageResource
 from pipelines.defs.training_assets import TRAINING_ASSET_KEYS, TRAINING_TAG
 from pipelines.staging import NAMES, listing_fingerprint
@@ -50,13 +52,14 @@ def build_automation(datasets: list[str]) -> dict:
         "prepare_tables", selection=dg.AssetSelection.assets("keypoint_tables"),
         description="Rebuild one data set's keypoint tables from its raw files (with their checks).")
     weekly_retraining = dg.define_asset_job(
-        "weekly_retraining", selection=dg.AssetSelection.assets(*TRAINING_ASSET_KEYS),
+        "weekly_retraining", selection=dg.AssetSelection.assets(*TRAINING_ASSET_KEYS, *REGISTRY_ASSET_KEYS),
         tags={TRAINING_TAG: "true"},
-        description="Pretrain, finetune and evaluate on params.train_dataset (one training run at a time).")
+        description="Pretrain, finetune and evaluate on params.train_dataset, register the model as a new "
+                    "version and promote it if it beats the champion (one training run at a time).")
     schedule = dg.ScheduleDefinition(
         name="weekly_retraining_schedule", job=weekly_retraining, cron_schedule=WEEKLY_CRON,
         execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.STOPPED,
-        description="Retrain every Monday 03:00 UTC: pretrain -> finetune -> evaluate.")
+        description="Retrain every Monday 03:00 UTC: pretrain -> finetune -> evaluate -> promote if better.")
 
     @dg.sensor(name="new_raw_files", job=prepare_tables, minimum_interval_seconds=SENSOR_INTERVAL_S,
                default_status=dg.DefaultSensorStatus.STOPPED,

@@ -46,6 +46,8 @@ def _run_stage(context: dg.AssetExecutionContext, stage: str, dualpose: DualPose
     params = dualpose.load()
     _check_train_dataset(params, train_dataset)
     store = storage.store(params)
+    if launcher.is_remote:
+        return _run_remote_stage(context, stage, params, store, launcher, train_dataset, inputs, outputs, extra_args)
     with store.stage(inputs=inputs, outputs=outputs) as layout:
         entry_args = launcher.entry_args(stage, dualpose, layout.root, extra_args)
         invocation = launcher.run(context, entry_args, extras={"stage": stage, "dataset": train_dataset})
@@ -54,6 +56,52 @@ def _run_stage(context: dg.AssetExecutionContext, stage: str, dualpose: DualPose
         metadata = {k: _stored_location(v, layout.root, store) for k, v in reported.items()}
     metadata["storage_root"] = dg.MetadataValue.text(store.root)
     return dg.MaterializeResult(metadata=metadata, data_version=result.data_version)
+
+
+def _run_remote_stage(context: dg.AssetExecutionContext, stage: str, params: Params, store, launcher: TrainingLauncher,
+                      train_dataset: str, inputs: list, outputs: list, extra_args: list[str]) -> dg.MaterializeResult:
+    """The stage on a cluster (:mod:`pipelines.launchers`); reported paths become stored locations and
+    plots are fetched from the storage root to be embedded, as for a local run."""
+    from pipelines.launchers.dagster_remote import fetched, run_remote
+
+    invocation, job = run_remote(launcher, context, stage, params, store, inputs, outputs, extra_args,
+                                 extras={"stage": stage, "dataset": train_dataset})
+    result = invocation.get_materialize_result()
+    metadata = {}
+    for key, value in (result.metadata or {}).items():
+        if isinstance(value, dg.PathMetadataValue):
+            name = _remote_name(str(value.path), job.local_root, [*job.outputs, *job.inputs])
+            if name is None:
+                metadata[key] = value
+                continue
+            if name.endswith(".png"):
+                with fetched(store, name) as local:
+                    if local is not None:
+                        metadata[key] = _embedded_plot(key, dg.MetadataValue.path(str(local)))
+                        continue
+            metadata[key] = dg.MetadataValue.url(store.location(name)) if not store.is_local else \
+                dg.MetadataValue.path(store.location(name))
+        else:
+            metadata[key] = value
+    metadata["storage_root"] = dg.MetadataValue.text(store.root)
+    metadata["launcher"] = dg.MetadataValue.text(f"{launcher.resolved_backend()}: {job.nnodes} x "
+                                                 f"{job.nproc_per_node} ({job.name})")
+    return dg.MaterializeResult(metadata=metadata, data_version=result.data_version)
+
+
+def _remote_name(path: str, local_root: str, names: list[str]) -> str | None:
+    """The storage name of a path reported by a remote node: relative to its local root, or (should a
+    node stage elsewhere) from the first artefact name found in the path; None when neither fits."""
+    try:
+        return Path(path).relative_to(local_root).as_posix()
+    except ValueError:
+        pass
+    posix = Path(path).as_posix()
+    for name in names:
+        at = posix.find(f"/{name}")
+        if at >= 0 and (posix[at + 1 + len(name):][:1] in ("", "/")):
+            return posix[at + 1:]
+    return None
 
 
 def _embedded_plot(key: str, value):
