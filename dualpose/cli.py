@@ -385,7 +385,7 @@ def models_list(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = 
 def models_register(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt,
                     run_id: str = typer.Option("cli", help="Recorded in the version's lineage."),
                     promote: bool = typer.Option(True, help="Promote when it beats the champion by the margin.")):
-    """Register models/finetune/best with its evaluation (eval/<dataset>/metrics.json, test split)."""
+    """Register models/finetune/best with its evaluation (eval/<dataset>/metrics_detail.json, test split)."""
     def body():
         from dualpose.errors import ConfigError
         from dualpose.registry import data_files, resolve_weights
@@ -393,7 +393,7 @@ def models_register(params_path: Path = ParamsOpt, overrides: Optional[list[str]
         params, registry, base = _registry(params_path, overrides)
         layout = _context(params_path, overrides)[1]
         best = resolve_weights(params.storage.root, "best", base)
-        metrics_file = layout.eval_dir(params.train_dataset) / "metrics.json"
+        metrics_file = layout.eval_dir(params.train_dataset) / "metrics_detail.json"
         if not metrics_file.is_file():
             raise FileNotFoundError(f"{metrics_file}: no evaluation; run `dualpose evaluate --weights best` first")
         evaluation = json.loads(metrics_file.read_text())

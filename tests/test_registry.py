@@ -242,7 +242,7 @@ def test_models_register_cli_versions_the_evaluated_best_model(trained, tmp_path
     best.parent.mkdir(parents=True)
     weights("best").rename(best)
     (root / "models" / "finetune" / "metrics.json").write_text(json.dumps({"best_val_mpjpe_mm": 80.0}))
-    metrics = layout.eval_dir("synthetic") / "metrics.json"
+    metrics = layout.eval_dir("synthetic") / "metrics_detail.json"
     metrics.parent.mkdir(parents=True)
     metrics.write_text(json.dumps({"mpjpe_mm": 91.5, "split": "test", "weights": str(best),
                                    "per_action": {"walk": 90.0}}))

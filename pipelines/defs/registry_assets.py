@@ -42,10 +42,10 @@ def build_registry_assets(train_dataset: str) -> list:
         params = dualpose.load()
         store = storage.store(params)
         best = NAMES.model("finetune") / "best"
-        inputs = [best, NAMES.model("finetune") / "metrics.json", NAMES.eval_dir(ds) / "metrics.json",
+        inputs = [best, NAMES.model("finetune") / "metrics.json", NAMES.eval_dir(ds) / "metrics_detail.json",
                   NAMES.tables(ds) / "manifest.json", NAMES.clips(ds)]
         with store.stage(inputs=inputs) as layout:
-            evaluation = json.loads((layout.eval_dir(ds) / "metrics.json").read_text())
+            evaluation = json.loads((layout.eval_dir(ds) / "metrics_detail.json").read_text())
             evaluated = str(evaluation.get("weights", "")).replace("\\", "/")
             if evaluation.get("split") != "test" or not evaluated.endswith("models/finetune/best"):
                 raise dg.Failure(f"the evaluation report scored {evaluated or '?'} on split {evaluation.get('split')!r}; "
