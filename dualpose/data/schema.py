@@ -134,11 +134,20 @@ class FrameColumns:
         return out
 
 
+MAX_IMAGE_SIDE_PX = 100_000  # larger image sizes are taken for corrupt input, not a camera
+MAX_FPS = 10_000.0
+MAX_OUTSIDE_IMAGE = 10.0  # 2D keypoints at most this many image widths/heights outside the image
+MAX_ABS_MM = 1e6  # 3D joints beyond 1 km from the camera are corrupt
+
+
 def _check_values(source, cols: dict[str, np.ndarray]) -> None:
     if (cols["width"] <= 0).any() or (cols["height"] <= 0).any():
         raise DataFormatError(source, "width/height", "positive image sizes in pixels")
-    if not np.isfinite(cols["fps"]).all() or (cols["fps"] <= 0).any():
-        raise DataFormatError(source, "fps", "a positive, finite frame rate")
+    if (cols["width"] > MAX_IMAGE_SIDE_PX).any() or (cols["height"] > MAX_IMAGE_SIDE_PX).any():
+        raise DataFormatError(source, "width/height", f"image sizes of at most {MAX_IMAGE_SIDE_PX} pixels",
+                              f"{int(max(cols['width'].max(), cols['height'].max()))}")
+    if not np.isfinite(cols["fps"]).all() or (cols["fps"] <= 0).any() or (cols["fps"] > MAX_FPS).any():
+        raise DataFormatError(source, "fps", f"a positive, finite frame rate (at most {MAX_FPS:g})")
     conf = cols["conf"]
     if not np.isfinite(conf).all() or (conf < 0).any() or (conf > 1).any():
         raise DataFormatError(source, "conf", "finite confidences in [0, 1]")
@@ -149,7 +158,20 @@ def _check_values(source, cols: dict[str, np.ndarray]) -> None:
             source, "kp2d", "finite 2D keypoints wherever confidence > 0 (missing joints: NaN with confidence 0)",
             f"NaN/inf at frame row {row}",
         )
+    with np.errstate(invalid="ignore"):
+        side = np.maximum(cols["width"], cols["height"]).astype(np.float64).reshape(-1, 1, 1)
+        far = (np.abs(cols["kp2d"]) > MAX_OUTSIDE_IMAGE * side).any(axis=(1, 2)) if len(side) else np.zeros(0, bool)
+    if far.any():
+        row = int(np.argmax(far))
+        raise DataFormatError(source, "kp2d", f"pixel coordinates within {MAX_OUTSIDE_IMAGE:g} image sizes of the image",
+                              f"{float(np.nanmax(np.abs(cols['kp2d'][row]))):.3g} px at frame row {row}")
     kp3d = cols["kp3d"]
+    with np.errstate(invalid="ignore"):
+        huge = (np.abs(kp3d) > MAX_ABS_MM).any(axis=(1, 2))
+    if huge.any():
+        row = int(np.argmax(huge))
+        raise DataFormatError(source, "kp3d", f"millimetre coordinates within {MAX_ABS_MM:g} mm of the camera",
+                              f"{float(np.nanmax(np.abs(kp3d[row]))):.3g} mm at frame row {row}")
     has3d = np.isfinite(kp3d).all(axis=(1, 2))
     partial = ~has3d & ~np.isnan(kp3d).all(axis=(1, 2))
     if partial.any():
@@ -352,7 +374,10 @@ def read_keypoint_table(path: str | os.PathLike | list, filesystem=None) -> Keyp
         name = meta.get(b"dualpose.skeleton", b"").decode() or None
         if name is None:
             raise DataFormatError(p, "schema metadata dualpose.skeleton", "a DualPose keypoint table")
-        sk = get_skeleton(name)
+        try:
+            sk = get_skeleton(name)
+        except KeyError as exc:
+            raise DataFormatError(p, "schema metadata dualpose.skeleton", "a known skeleton", repr(name)) from exc
         if skeleton is not None and sk != skeleton:
             raise DataFormatError(p, "schema metadata dualpose.skeleton", f"skeleton {skeleton.name}", name)
         skeleton = sk
@@ -370,10 +395,14 @@ def read_keypoint_table(path: str | os.PathLike | list, filesystem=None) -> Keyp
     for name in STRING_COLUMNS:
         codes[name], cats[name] = _dict_codes(table.column(name), src, name)
 
+    for name in table.column_names:
+        if table.column(name).null_count:
+            raise DataFormatError(src, name, "no missing (null) values", f"{table.column(name).null_count} nulls")
+
     def num(name, dtype):
         return table.column(name).to_numpy().astype(dtype, copy=False)
 
-    return KeypointArrays(
+    arrays = KeypointArrays(
         codes=codes,
         categories=cats,
         frame=num("frame", np.int32),
@@ -390,3 +419,8 @@ def read_keypoint_table(path: str | os.PathLike | list, filesystem=None) -> Keyp
         cam_translation=_fixed_to_numpy(table.column("cam_translation"), (3,), src, "cam_translation"),
         skeleton=skeleton,
     )
+    # Our own tables are verified too: what the schema promises (finite where it says finite)
+    # is what every reader downstream relies on.
+    _check_values(src, {"width": arrays.width, "height": arrays.height, "fps": arrays.fps, "conf": arrays.conf,
+                        "kp2d": arrays.kp2d, "kp3d": arrays.kp3d})
+    return arrays
