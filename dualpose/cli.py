@@ -97,6 +97,19 @@ def prepare(datasets: Optional[list[str]] = typer.Argument(None, help="Data sets
 
 
 @app.command()
+def fetch(datasets: Optional[list[str]] = typer.Argument(None, help="Data sets (default: every enabled one)."),
+          params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt):
+    """Download (if needed) raw files and link them under raw/<dataset>/sources (what DVC tracks)."""
+    def body():
+        from dualpose.data.prepare import link_sources
+
+        params, layout, base = _context(params_path, overrides)
+        for name in _datasets(params, datasets):
+            typer.echo(f"{name}: raw files -> {link_sources(params, name, layout, base)}")
+    _run(body)
+
+
+@app.command()
 def clips(datasets: Optional[list[str]] = typer.Argument(None), params_path: Path = ParamsOpt,
           overrides: Optional[list[str]] = OverrideOpt):
     """Build the clip index (windows of T frames, train/validation/test splits)."""
