@@ -16,10 +16,33 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from dualpose.errors import DualPoseError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value, a missing argument) as one ``error:`` line, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itself
+            from typer._click.exceptions import UsageError
+        except ImportError:  # pragma: no cover - older typer
+            from click import UsageError
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "dualpose"
+            typer.secho(f"error: {command}: {exc.format_message()}", fg=typer.colors.RED, err=True)
+            code = 2
+        except typer.Abort:
+            typer.secho("aborted", fg=typer.colors.RED, err=True)
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_OneLineErrors,
                   help="DualPose: 3D human pose lifting with CRL pretraining.")
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="Parameters file (params.yaml).")
