@@ -66,7 +66,8 @@ def error_line(exc: BaseException) -> str:
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
         hint = {errno.ENOSPC: " (the disk is full)", errno.EROFS: " (read-only file system)",
                 errno.EACCES: " (no permission)", errno.ENOTDIR: " (a file is where a folder is expected)",
-                errno.EISDIR: " (a folder is where a file is expected)"}.get(exc.errno or 0, "")
+                errno.EISDIR: " (a folder is where a file is expected)",
+                errno.EEXIST: " (a file is where a folder is expected)"}.get(exc.errno or 0, "")
         text = f"{where}: {exc.strerror}{hint}" if where else f"{exc.strerror}{hint}"
     elif isinstance(exc, MemoryError):
         text = "out of memory (the input asks for more than this machine has)"

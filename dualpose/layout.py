@@ -36,7 +36,7 @@ class Layout:
             if scheme.lower() not in ("file", "local"):
                 raise ConfigError(
                     f"storage.root {text!r}: the dualpose CLI and DVC stages need a local folder; an {scheme}:// root "
-                    "is supported by the Dagster storage resource only (see README, 'Storage')")
+                    "is supported by the Dagster storage resource only (see README, 'Against S3')")
             text = rest
         if not text.strip():
             raise ConfigError("storage.root: expected a folder, got an empty string")
