@@ -74,7 +74,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not target.is_dir():
+    if target.is_file():  # (a folder that a concurrent writer is swapping may be briefly absent)
         raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of an output folder", str(target))
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
