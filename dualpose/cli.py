@@ -195,7 +195,11 @@ def evaluate(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Ove
     def body():
         from dualpose.eval.evaluate import run_evaluation
 
+        from dualpose.io.weights_check import check_weights_config
+
         params, layout, _ = _context(params_path, overrides)
+        folder = layout.model("finetune") / weights if weights in ("best", "last") else Path(weights)
+        check_weights_config(folder)  # a config asking for a huge model is refused before it is built
         result = run_evaluation(params, layout, weights=weights, split=split)
         typer.echo(json.dumps(result["summary"], indent=1))
     _run(body)

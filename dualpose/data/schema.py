@@ -395,9 +395,10 @@ def read_keypoint_table(path: str | os.PathLike | list, filesystem=None) -> Keyp
     for name in STRING_COLUMNS:
         codes[name], cats[name] = _dict_codes(table.column(name), src, name)
 
-    for name in table.column_names:
-        if table.column(name).null_count:
-            raise DataFormatError(src, name, "no missing (null) values", f"{table.column(name).null_count} nulls")
+    for p, t in tables:
+        for name in t.column_names:
+            if t.column(name).null_count:
+                raise DataFormatError(p, name, "no missing (null) values", f"{t.column(name).null_count} nulls")
 
     def num(name, dtype):
         return table.column(name).to_numpy().astype(dtype, copy=False)
@@ -421,6 +422,10 @@ def read_keypoint_table(path: str | os.PathLike | list, filesystem=None) -> Keyp
     )
     # Our own tables are verified too: what the schema promises (finite where it says finite)
     # is what every reader downstream relies on.
-    _check_values(src, {"width": arrays.width, "height": arrays.height, "fps": arrays.fps, "conf": arrays.conf,
-                        "kp2d": arrays.kp2d, "kp3d": arrays.kp3d})
+    start = 0
+    for p, t in tables:  # per file, so that the error names the damaged one
+        rows = slice(start, start + t.num_rows)
+        start += t.num_rows
+        _check_values(p, {"width": arrays.width[rows], "height": arrays.height[rows], "fps": arrays.fps[rows],
+                          "conf": arrays.conf[rows], "kp2d": arrays.kp2d[rows], "kp3d": arrays.kp3d[rows]})
     return arrays

@@ -203,3 +203,74 @@ def test_adapter_output_garbage_is_refused_before_writing(tmp_path, case):
     with pytest.raises(DataFormatError) as info:
         _columns(**change).normalised(source, H36M_17)
     assert info.value.path == str(source) and info.value.field == field
+
+
+# -- our own tables, damaged after they were written ----------------------------------------------
+def _rewrite_column(path, name, transform):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    column = transform(table.column(name).combine_chunks())
+    table = table.set_column(table.column_names.index(name), pa.field(name, column.type), column)
+    pq.write_table(table, path)
+
+
+def _nan_first(col):
+    import pyarrow as pa
+
+    values = col.to_numpy(zero_copy_only=False).astype(np.float32)
+    values[0] = np.nan
+    return pa.array(values, type=col.type)
+
+
+def _conf_two(col):
+    import pyarrow as pa
+
+    flat = col.flatten().to_numpy(zero_copy_only=False).copy()
+    flat[3] = 2.0
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=col.type.value_type), col.type.list_size)
+
+
+def _kp2d_nan(col):
+    import pyarrow as pa
+
+    inner = col.flatten()
+    flat = inner.flatten().to_numpy(zero_copy_only=False).copy()
+    flat[0] = np.nan
+    rebuilt = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=inner.type.value_type), inner.type.list_size)
+    return pa.FixedSizeListArray.from_arrays(rebuilt, col.type.list_size)
+
+
+def _null_first(col):
+    import pyarrow as pa
+
+    values = col.to_pylist()
+    values[0] = None
+    return pa.array(values, type=col.type)
+
+
+@pytest.mark.parametrize("column, transform, field", [
+    ("fps", _nan_first, "fps"), ("conf", _conf_two, "conf"), ("kp2d", _kp2d_nan, "kp2d"),
+    ("frame", _null_first, "frame"), ("width", _null_first, "width"),
+])
+def test_damaged_table_is_refused_by_its_reader(ws, column, transform, field):
+    assert invoke("prepare", "-p", ws.params).exit_code == 0
+    table = sorted((ws.root / "tables" / "synthetic").glob("*.parquet"))[0]
+    _rewrite_column(table, column, transform)
+    before = ws.snapshot()
+    assert_refused(invoke("clips", "-p", ws.params), f"{table}: field '{field}'")
+    assert_unchanged(ws, before)
+    assert not (ws.root / "clips").exists()
+
+
+def test_evaluate_refuses_a_huge_weights_config(ws, tiny_weights, tmp_path):
+    weights = tmp_path / "w"
+    shutil.copytree(tiny_weights, weights)
+    config = json.loads((weights / "config.json").read_text())
+    config["spec"]["dim"] = 2**20
+    (weights / "config.json").write_text(json.dumps(config))
+    before = ws.snapshot()
+    assert_refused(invoke("evaluate", "-p", ws.params, "--weights", weights), str(weights / "config.json"),
+                   "spec.dim")
+    assert_unchanged(ws, before)
