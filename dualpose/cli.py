@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 
 from dualpose.errors import DualPoseError
 
+
 class _OneLineErrors(TyperGroup):
     """Usage errors (a bad option value, a missing argument) as one ``error:`` line, exit 2."""
 
@@ -194,7 +195,6 @@ def evaluate(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Ove
     """Evaluate the finetuned lifter: P1, P2, N-MPJPE, MPJVE, accel, per action/joint, PCK/AUC."""
     def body():
         from dualpose.eval.evaluate import run_evaluation
-
         from dualpose.io.weights_check import check_weights_config
 
         params, layout, _ = _context(params_path, overrides)

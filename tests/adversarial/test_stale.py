@@ -3,7 +3,6 @@ zero-step runs never overwrite a model."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -11,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
