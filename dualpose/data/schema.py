@@ -160,10 +160,12 @@ def _check_values(source, cols: dict[str, np.ndarray]) -> None:
         )
     with np.errstate(invalid="ignore"):
         side = np.maximum(cols["width"], cols["height"]).astype(np.float64).reshape(-1, 1, 1)
-        far = (np.abs(cols["kp2d"]) > MAX_OUTSIDE_IMAGE * side).any(axis=(1, 2)) if len(side) else np.zeros(0, bool)
+        seen = (conf > 0)[..., None]  # joints with confidence 0 are missing: their coordinates are not used
+        far = ((np.abs(cols["kp2d"]) > MAX_OUTSIDE_IMAGE * side) & seen).any(axis=(1, 2))
     if far.any():
         row = int(np.argmax(far))
-        raise DataFormatError(source, "kp2d", f"pixel coordinates within {MAX_OUTSIDE_IMAGE:g} image sizes of the image",
+        raise DataFormatError(source, "kp2d", f"pixel coordinates within {MAX_OUTSIDE_IMAGE:g} image sizes of the image "
+                              "wherever confidence > 0",
                               f"{float(np.nanmax(np.abs(cols['kp2d'][row]))):.3g} px at frame row {row}")
     kp3d = cols["kp3d"]
     with np.errstate(invalid="ignore"):
