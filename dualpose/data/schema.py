@@ -175,6 +175,13 @@ def _check_values(source, cols: dict[str, np.ndarray]) -> None:
         raise DataFormatError(source, "kp3d", f"millimetre coordinates within {MAX_ABS_MM:g} mm of the camera",
                               f"{float(np.nanmax(np.abs(kp3d[row]))):.3g} mm at frame row {row}")
     has3d = np.isfinite(kp3d).all(axis=(1, 2))
+    if has3d.any():
+        posed = kp3d[has3d]
+        flat = (posed.max(axis=1) - posed.min(axis=1)).max(axis=-1) <= 0  # every joint at one point
+        if flat.any():
+            row = int(np.flatnonzero(has3d)[np.argmax(flat)])
+            raise DataFormatError(source, "kp3d", "3D poses whose joints are not all at one point",
+                                  f"a collapsed (e.g. all-zero) skeleton at frame row {row}")
     partial = ~has3d & ~np.isnan(kp3d).all(axis=(1, 2))
     if partial.any():
         row = int(np.argwhere(partial)[0, 0])
