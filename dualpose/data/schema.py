@@ -367,8 +367,13 @@ def _dict_codes(col: pa.ChunkedArray, path, name) -> tuple[np.ndarray, list[str]
     return codes, dictionary
 
 
-def read_keypoint_table(path: str | os.PathLike | list, filesystem=None) -> KeypointArrays:
-    """Read one table (or several with the same skeleton, concatenated) into :class:`KeypointArrays`."""
+def read_keypoint_table(path: str | os.PathLike | list, filesystem=None, verify: bool = True) -> KeypointArrays:
+    """Read one table (or several with the same skeleton, concatenated) into :class:`KeypointArrays`.
+
+    ``verify`` (default) checks the values the schema promises (finite where it says finite, no
+    nulls) and raises :class:`DataFormatError` naming the file; data-quality checks that measure
+    how damaged a table is read with ``verify=False``.
+    """
     paths = path if isinstance(path, (list, tuple)) else [path]
     tables = []
     for p in paths:
@@ -404,7 +409,7 @@ def read_keypoint_table(path: str | os.PathLike | list, filesystem=None) -> Keyp
     for name in STRING_COLUMNS:
         codes[name], cats[name] = _dict_codes(table.column(name), src, name)
 
-    for p, t in tables:
+    for p, t in tables if verify else ():
         for name in t.column_names:
             if t.column(name).null_count:
                 raise DataFormatError(p, name, "no missing (null) values", f"{t.column(name).null_count} nulls")
@@ -432,7 +437,7 @@ def read_keypoint_table(path: str | os.PathLike | list, filesystem=None) -> Keyp
     # Our own tables are verified too: what the schema promises (finite where it says finite)
     # is what every reader downstream relies on.
     start = 0
-    for p, t in tables:  # per file, so that the error names the damaged one
+    for p, t in tables if verify else ():  # per file, so that the error names the damaged one
         rows = slice(start, start + t.num_rows)
         start += t.num_rows
         _check_values(p, {"width": arrays.width[rows], "height": arrays.height[rows], "fps": arrays.fps[rows],
