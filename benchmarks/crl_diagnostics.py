@@ -1,6 +1,7 @@
 """How contextual are the CRL targets? Diagnostics of a pretrained backbone on real clips.
 
-For the teacher targets (the average of the normalised outputs of the last K blocks) this reports:
+For the teacher targets (the average of the normalised contributions of the last K blocks, as
+``pretrain.target`` defines them) this reports:
 
 - ``block_share``: ||h_K - e|| / ||e||, how far the blocks moved the tokens away from their
   embedding ``e`` (0 means every block is still an identity);
@@ -24,7 +25,7 @@ import torch
 from dualpose.config import load_params
 from dualpose.layout import Layout
 from dualpose.model.weights import load_weights
-from dualpose.train.crl import normalise_block_output
+from dualpose.train.crl import FFNTap, block_targets, normalise_block_output
 from dualpose.train.feeds import ClipSet, StageData
 
 
@@ -39,9 +40,11 @@ def diagnose(params_path: str, clips: int = 256, top_k: int | None = None) -> di
     backbone = load_weights(layout.model("pretrain"))
     backbone.eval()
     k = top_k or params.pretrain.top_k_blocks
+    tap = FFNTap(backbone)
     embedded = backbone.embed(x)
     _, blocks = backbone.forward_features(embedded, return_blocks=True)
-    target = torch.stack([normalise_block_output(h, params.pretrain.target_norm) for h in blocks[-k:]]).mean(0)
+    top = block_targets(blocks, k, params.pretrain.target, tap.collect())
+    target = torch.stack([normalise_block_output(h, params.pretrain.target_norm) for h in top]).mean(0)
     share = float((blocks[-1] - embedded).norm() / embedded.norm())
     j = x.shape[2]
     features = torch.cat([x, torch.eye(j).expand(*x.shape[:2], j, j), torch.ones(*x.shape[:3], 1)], -1)
@@ -52,7 +55,8 @@ def diagnose(params_path: str, clips: int = 256, top_k: int | None = None) -> di
     r2 = float(1 - residual / ((y - y.mean(0)) ** 2).sum())
     layer_scales = [float(p.abs().mean()) for n, p in backbone.named_parameters() if "ls" in n.split(".")[-1]
                     or "layer_scale" in n or n.endswith(("gamma", "ls1", "ls2"))]
-    return {"params": params_path, "clips": int(len(items)), "top_k": k, "block_share": share, "linear_r2": r2,
+    return {"params": params_path, "clips": int(len(items)), "top_k": k, "target": params.pretrain.target,
+            "block_share": share, "linear_r2": r2,
             "mean_abs_layer_scale": float(np.mean(layer_scales)) if layer_scales else None,
             "layer_scale_init": backbone.spec.layer_scale_init}
 

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from crl_diagnostics import diagnose  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CMU = ROOT.parent / "shared" / "data" / "cmu" / "cmu_train.npz"
 
@@ -42,8 +45,10 @@ def study_params(root: Path, args) -> dict:
     params["masking"]["views"] = args.views
     params["clips"]["splits"]["validation_fraction"] = 0.15
     params["model"]["overrides"] = {"depth": args.depth, "dim": args.dim, "layer_scale_init": args.layer_scale}
+    params["model"]["overrides"]["temporal_pos_emb"] = args.temporal_pos_emb
     params["pretrain"].update({"epochs": args.pretrain_epochs, "batch_size": 32, "top_k_blocks": args.top_k,
-                               "ema_start": args.ema_start, "ema_end": args.ema_end})
+                               "ema_start": args.ema_start, "ema_end": args.ema_end, "target": args.target,
+                               "fresh_masks": not args.same_masks})
     params["finetune"].update({"epochs": args.finetune_epochs, "batch_size": args.finetune_batch,
                                "label_fraction": args.label_fraction})
     return params
@@ -79,6 +84,10 @@ def main() -> None:
     # (time constants of 100 -> 1000 steps), or the teacher stays at its random initialisation.
     ap.add_argument("--ema-start", type=float, default=0.99)
     ap.add_argument("--ema-end", type=float, default=0.999)
+    ap.add_argument("--target", choices=["ffn", "output"], default="ffn",
+                    help="CRL target: the top blocks' pre-residual FFN outputs (data2vec) or their outputs (v1)")
+    ap.add_argument("--same-masks", action="store_true", help="reuse the table's masks every epoch (v1)")
+    ap.add_argument("--temporal-pos-emb", choices=["learned", "sinusoidal", "none"], default="learned")
     args = ap.parse_args()
     if not CMU.exists():
         sys.exit(f"{CMU} not found: this study needs the CMU data in ../shared/data/cmu")
@@ -106,6 +115,7 @@ def main() -> None:
         seed_o = ["-o", f"seed={seed}"]
         t["pretrain"] = run(dp + ["pretrain", "--fresh"] + p + seed_o, log)
         record["pretrain"] = json.loads((root / "artifacts/models/pretrain/metrics.json").read_text())
+        record["diagnostics"] = diagnose(str(params))
         for init in ("pretrained", "scratch"):
             o = seed_o + ["-o", f"finetune.init={init}"]
             t[f"finetune_{init}"] = run(dp + ["finetune", "--fresh"] + p + o, log)

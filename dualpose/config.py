@@ -7,6 +7,7 @@ params.yaml is an error naming the key instead of a silently ignored setting.
 
 from __future__ import annotations
 
+import logging
 import os
 import typing
 from pathlib import Path
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from dualpose.errors import ConfigError
 from dualpose.io.names import check_name
 from dualpose.io.safe_yaml import safe_yaml
+
+log = logging.getLogger(__name__)
 
 
 def _admits_bool(annotation: Any) -> bool:
@@ -108,7 +111,12 @@ class PretrainConfig(Section):
     grad_accum: int = Field(1, ge=1)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     top_k_blocks: int = Field(6, ge=1)  # K: targets average the last K teacher blocks (<= model depth)
+    # What of each top-K teacher block is a target: "ffn" = its feed-forward output before layer
+    # scale and the last residual connection (data2vec), or "output" = the post-residual block
+    # output (under layer scale 1e-5 ~99% the token's own input: near masked 2D reconstruction).
+    target: Literal["ffn", "output"] = "ffn"
     target_norm: Literal["instance", "layer"] = "instance"
+    fresh_masks: bool = True  # a new mask per (clip, epoch, view); false: the same masks every epoch
     ema_start: float = Field(0.999, ge=0.0, le=1.0)
     ema_end: float = Field(0.9999, ge=0.0, le=1.0)
     ema_ramp_fraction: float = Field(0.3, ge=0.0, le=1.0)  # of all optimiser steps
@@ -135,6 +143,9 @@ class FinetuneConfig(Section):
     flip_probability: float = Field(0.5, ge=0.0, le=1.0)
     label_fraction: float = Field(1.0, gt=0.0, le=1.0)  # of training videos with 3D labels
     init: Literal["pretrained", "scratch"] = "pretrained"
+    # "validation": the epoch with the lowest validation MPJPE is best/; "last": no validation
+    # hold-out needed (train on every training subject), best/ is the last epoch
+    select: Literal["validation", "last"] = "validation"
     save_every_steps: int = Field(500, ge=1)
     max_steps: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -148,6 +159,8 @@ class EvaluateConfig(Section):
     mode: Literal["auto", "average", "centre"] = "auto"
     stride: int | None = Field(None, ge=1)  # window stride in "average" mode; default clips.test_stride
     per_action: bool = True  # average per action, then across actions (Human3.6M protocol)
+    # also score the references' test clips (non-overlapping T windows, tails dropped) in average mode
+    reference_windows: bool = True
     pck_threshold_mm: float = Field(150.0, gt=0.0)
     auc_max_mm: float = Field(150.0, gt=0.0)
     auc_step_mm: float = Field(5.0, gt=0.0)
@@ -243,8 +256,32 @@ def params_from_dict(data: dict, source: str = "<dict>", overrides: list[str] | 
         raise ConfigError(f"{source}: invalid parameters:\n" + "\n".join(lines)) from None
 
 
+SIZE_OVERRIDES = ("depth", "dim")  # model.overrides keys that change a variant's size
+
+
+def _reset_size_on_variant_change(data: dict, overrides: list[str] | None, source: str) -> None:
+    """``-o model.variant=B`` on a params file whose ``model.overrides`` shrink the model (the
+    quick start's 4 x 32) would silently train a shrunken B: drop those size overrides, loudly,
+    unless the command line sets ``model.overrides`` itself."""
+    keys = [item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item]
+    if "model.variant" not in keys or any(k == "model.overrides" or k.startswith("model.overrides.") for k in keys):
+        return
+    model = data.get("model")
+    sizes = model.get("overrides") if isinstance(model, dict) else None
+    if not isinstance(sizes, dict):
+        return
+    dropped = {k: sizes.pop(k) for k in SIZE_OVERRIDES if k in sizes}
+    if dropped:
+        log.warning("%s: model.variant set on the command line, so the file's size overrides %s are dropped "
+                    "(the %s variant keeps its own depth and dim); set -o model.overrides.depth=... to size it",
+                    source, dropped, model.get("variant"))
+
+
 def load_params(path: str | os.PathLike = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read params.yaml (or start from defaults if ``path`` is None) and apply overrides."""
+    """Read params.yaml (or start from defaults if ``path`` is None) and apply overrides.
+
+    Changing ``model.variant`` with ``-o`` drops the file's ``model.overrides`` depth/dim (see
+    :func:`_reset_size_on_variant_change`)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -260,4 +297,5 @@ def load_params(path: str | os.PathLike = "params.yaml", overrides: list[str] | 
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     apply_overrides(data, overrides)
+    _reset_size_on_variant_change(data, overrides, str(path))
     return params_from_dict(data, str(path), overrides)

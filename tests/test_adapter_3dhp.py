@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+
+from dualpose.codec import PoseCodec
 import pytest
 
 from dualpose.data.adapters import mpi_inf_3dhp
@@ -56,8 +58,8 @@ def test_converts_train_and_test(tmp_path, files):
         np.testing.assert_array_equal(t.frame[s:s + n], np.arange(n))
     assert (t.width == 2048).all() and (t.height == 2048).all() and t.valid.all() and (t.conf == 1).all()
     assert np.isnan(t.cam_intrinsics).all()
-    # mm per pixel at the root's depth: the least-squares scale is close to Z_root / f
-    np.testing.assert_allclose(t.factor_2_5d, t.kp3d[:, 0, 2] / FOCAL_3DHP, rtol=0.03)
+    # a constant known without labels: one normalised target unit is 1000 mm
+    np.testing.assert_allclose(t.factor_2_5d, 2 * 1000.0 / 2048)
 
     t = read_keypoint_table(out["test"])
     assert list(np.unique(t.strings("video_id"))) == ["TS1", "TS5"]
@@ -168,3 +170,32 @@ def test_hostile_truncated_and_wrong_member(tmp_path):
         convert_to_tables(mpi_inf_3dhp, {"train": other, "test": other}, {"splits": ["test"]}, tmp_path / "out")
     assert (info.value.field, info.value.expected) == ("data", "a member of the .npz archive")
     assert not (tmp_path / "out").exists()
+
+
+def test_test_labels_cannot_change_what_the_model_sees_or_how_it_is_decoded(tmp_path):
+    """No oracle: scaling or perturbing the test set's 3D labels leaves every model input and the
+    decoding factor unchanged, so predictions in mm cannot depend on test labels."""
+    test = threedhp_test_data()
+    perturbed = threedhp_test_data()
+    rng = np.random.default_rng(0)
+    for seq in perturbed.values():
+        seq["data_3d"] = seq["data_3d"] * 1.3 + rng.normal(0, 50, seq["data_3d"].shape)
+    tables = []
+    for name, data in (("a", test), ("b", perturbed)):
+        paths = {"test": write_3dhp_npz(tmp_path / f"{name}.npz", data)}
+        out = convert_to_tables(mpi_inf_3dhp, paths, {"splits": ["test"]}, tmp_path / name, dataset="3dhp")
+        tables.append(read_keypoint_table(out["test"]))
+    a, b = tables
+    assert not np.allclose(a.kp3d, b.kp3d, equal_nan=True)
+    np.testing.assert_array_equal(a.kp2d, b.kp2d)
+    np.testing.assert_array_equal(a.conf, b.conf)
+    np.testing.assert_array_equal(a.factor_2_5d, b.factor_2_5d)
+    codec = PoseCodec()
+    pred = np.random.default_rng(1).normal(0, 0.3, a.kp3d.shape).astype(np.float32)
+    np.testing.assert_array_equal(codec.decode_target(pred, a.factor_2_5d, a.width),
+                                  codec.decode_target(pred, b.factor_2_5d, b.width))
+    np.testing.assert_array_equal(codec.encode_input(a.kp2d, a.conf, a.width, a.height),
+                                  codec.encode_input(b.kp2d, b.conf, b.width, b.height))
+    # TS5 (1920 px wide) and TS1 (2048) decode one unit to the same 1000 mm
+    mm = codec.decode_target(np.ones((len(a.width), 17, 3), np.float32), a.factor_2_5d, a.width)
+    np.testing.assert_allclose(mm[:, 1:], 1000.0, rtol=1e-6)  # the root (joint 0) decodes to 0

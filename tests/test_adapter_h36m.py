@@ -168,6 +168,11 @@ def _bad_source(d):
     (_bad_cam, "train.camera_name", "camera 54138969 for source 's_01_act_02_subact_01_ca_01' (ca_01)"),
     (_cam_changes, "train.camera_name", "one value per video (source)"),
     (_bad_source, "test.source", "video names like 's_09_act_05_subact_02_ca_01'"),
+    # a factor that does not relate the image-space 3D to the mm target (other frames, other units)
+    (lambda d: d["test"]["2.5d_factor"].__setitem__(slice(10, 12), d["test"]["2.5d_factor"][10:12] * 1.1),
+     "test.2.5d_factor", "joints_2.5d_image = joint3d_image * 2.5d_factor (root-relative, within 1% of the pose size)"),
+    (lambda d: d["train"].update({"joints_2.5d_image": d["train"]["joints_2.5d_image"] / 1000.0}),
+     "train.2.5d_factor", "joints_2.5d_image = joint3d_image * 2.5d_factor (root-relative, within 1% of the pose size)"),
 ])
 def test_pickle_bad_input_names_file_and_field_and_writes_nothing(tmp_path, mutate, field, expected):
     pkl = tmp_path / "bad.pkl"

@@ -161,3 +161,31 @@ def test_cmu_motion_converts_and_is_plausible(tmp_path):
         back = read_keypoint_table(write_keypoint_table(frames, tmp_path / f"{name}.parquet"))
         assert back.num_frames == frames.num_frames
         assert np.isfinite(back.kp3d).all()
+
+
+def test_several_files_with_subjects_split_by_subject_and_reject_joint_flips(tmp_path):
+    """The CMU benchmark's layout: cmu_train.npz (no subjects key) + an extra file with a subject per
+    sequence; split by subject; a take with a one-frame joint flip is rejected and counted."""
+    first = write(tmp_path, motion_arrays(("walk", "squat")), "a.npz")
+    extra = motion_arrays(("walk", "jump", "squat"))
+    extra["seq_names"] = np.array(["x/walk", "x/jump", "x/squat"])
+    extra["subjects"] = np.array(["07", "08", "08"])
+    flipped = extra["positions"].copy()
+    flipped[40 + 10, SK.index("l_wrist")] += np.float32(1.0)  # 1 m in one frame: 30 m/s at 30 fps
+    extra["positions"] = flipped
+    second = write(tmp_path, extra, "b.npz")
+    options = adapter.Options(cameras=1, test_subjects=["08"], max_joint_speed_ms=20.0)
+    parts = list(adapter.convert({"motion": first, "extra": second}, options, "mocap", SK))
+    train, test = (p.frames for p in parts)
+    assert set(train.subject) == {"cmu", "07"} and set(test.subject) == {"08"}
+    assert set(test.video_id) == {"08_x-squat.cam0"}  # x/jump had the flip
+    assert parts[0].notes["rejected_sequences"] == 1 and parts[0].notes["rejected_names"] == ["x/jump"]
+    # without the speed limit the flipped take is kept
+    kept = list(adapter.convert({"motion": first, "extra": second},
+                                adapter.Options(cameras=1, test_subjects=["08"]), "mocap", SK))
+    assert set(kept[1].frames.video_id) == {"08_x-squat.cam0", "08_x-jump.cam0"}
+    with pytest.raises(ValueError, match=r"test_subjects \['99'\] are not among the subjects"):
+        list(adapter.convert({"motion": first}, adapter.Options(cameras=1, test_subjects=["99"]), "mocap", SK))
+    clash = write(tmp_path, motion_arrays(("walk",)), "c.npz")
+    with pytest.raises(DataFormatError, match="seq_names"):
+        list(adapter.convert({"motion": first, "more": clash}, adapter.Options(cameras=1), "mocap", SK))

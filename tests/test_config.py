@@ -4,6 +4,7 @@ import pytest
 
 from dualpose.config import load_params
 from dualpose.errors import ConfigError
+from dualpose.model.config import spec_from_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,3 +45,19 @@ def test_bad_values_and_files(tmp_path):
     p.write_text("datasets:\n  a: {adapter: synthetic}\ntrain_dataset: b\n")
     with pytest.raises(ConfigError, match="train_dataset 'b' is not one of the datasets"):
         load_params(p)
+
+
+def test_variant_change_on_the_command_line_drops_the_quick_start_size(caplog):
+    """-o model.variant=B on params.yaml (XS shrunk to 4 x 32) trains a real B, and says so."""
+    root = Path(__file__).resolve().parents[1]
+    with caplog.at_level("WARNING"):
+        params = load_params(root / "params.yaml", ["model.variant=B"])
+    assert params.model.variant == "B" and "depth" not in params.model.overrides and "dim" not in params.model.overrides
+    assert "size overrides {'depth': 4, 'dim': 32} are dropped" in caplog.text
+    spec = spec_from_params(params)
+    assert (spec.depth, spec.dim) == (16, 128)
+    # a size given on the command line is kept
+    kept = load_params(root / "params.yaml", ["model.variant=S", "model.overrides.depth=3"])
+    assert kept.model.overrides["depth"] == 3 and kept.model.overrides["dim"] == 32
+    # without a variant change the file's overrides stand
+    assert load_params(root / "params.yaml").model.overrides["depth"] == 4

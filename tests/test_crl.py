@@ -12,7 +12,7 @@ from dualpose.model.backbone import DualPoseBackbone
 from dualpose.model.config import build_spec
 from dualpose.stages import build_clips, build_masks
 from dualpose.train import pretrain as pretrain_module
-from dualpose.train.crl import CRLModel, normalise_block_output
+from dualpose.train.crl import CRLModel, block_targets, normalise_block_output
 
 
 def test_normalisations_are_parameter_free_and_length_agnostic():
@@ -56,6 +56,46 @@ def test_loss_is_masked_mse_over_sqrt_c_and_teacher_sees_the_full_input():
         CRLModel(DualPoseBackbone(build_spec("XS", {"depth": 2, "dim": 16}), with_mask_token=True), top_k=3)
     with pytest.raises(ValueError, match="no masked token"):
         crl(x, torch.zeros_like(mask))
+
+
+def test_targets_are_the_top_blocks_pre_residual_ffn_outputs():
+    """data2vec's target: each of the last K blocks' feed-forward output before layer scale and the
+    residual connection (fused by the block's weights), not the residual stream, which is dominated
+    by the token's own input."""
+    crl = _crl(top_k=2)
+    assert crl.target == "ffn"
+    x = torch.randn(2, 6, 17, 3)
+    teacher = crl.teacher.module
+    with torch.no_grad():
+        embedded = teacher.embed(x)
+        h, expected_ffn = embedded, []
+        for block in teacher.blocks:  # recompute each block's fused FFN output by hand
+            a = block.attn_spatial(h)
+            a_in = a + block.attn_temporal.ls1 * block.attn_temporal.mixer(block.attn_temporal.norm1(a))
+            g = block.graph_spatial(h)
+            g_in = g + block.graph_temporal.ls1 * block.graph_temporal.mixer(block.graph_temporal.norm1(g))
+            ffn_a = block.attn_temporal.mlp(block.attn_temporal.norm2(a_in))
+            ffn_g = block.graph_temporal.mlp(block.graph_temporal.norm2(g_in))
+            a_out = a_in + block.attn_temporal.ls2 * ffn_a
+            g_out = g_in + block.graph_temporal.ls2 * ffn_g
+            w = block.fusion(torch.cat((a_out, g_out), -1)).softmax(-1)
+            expected_ffn.append(ffn_a * w[..., :1] + ffn_g * w[..., 1:])
+            h = block(h)
+    target, _ = crl.targets(x)
+    expected = torch.stack([normalise_block_output(f, "instance") for f in expected_ffn[-2:]]).mean(0)
+    torch.testing.assert_close(target, expected, rtol=1e-4, atol=1e-4)
+    # under layer scale 1e-5 the block outputs are almost the embedding; the FFN targets are not
+    with torch.no_grad():
+        _, blocks = teacher.forward_features(embedded, return_blocks=True)
+    out_target = torch.stack([normalise_block_output(b, "instance") for b in blocks[-2:]]).mean(0)
+    emb = normalise_block_output(embedded, "instance")
+    assert torch.nn.functional.cosine_similarity(out_target.flatten(), emb.flatten(), dim=0) > 0.99
+    assert torch.nn.functional.cosine_similarity(target.flatten(), emb.flatten(), dim=0) < 0.5
+    for f in expected_ffn:  # not shrunk by layer scale (1e-5): the norm's eps does not crush it
+        assert normalise_block_output(f, "instance").reshape(-1, 16).var(0).mean() > 0.3
+    assert block_targets(blocks, 2, "output")[1] is blocks[-1]
+    with pytest.raises(ValueError, match="unknown CRL target 'stream'"):
+        block_targets(blocks, 2, "stream")
 
 
 def test_teacher_tracks_student_by_ema():

@@ -96,10 +96,14 @@ def test_two_cpu_processes_with_gloo(tmp_path):
     single = subprocess.run(_finetune_cmd(params) + ["--fresh", "-o", f"storage.root={tmp_path / 'one'}"],
                             env=_env(), capture_output=True, text=True)
     assert single.returncode != 0 and "no keypoint tables" in single.stderr  # a fresh root has no data
-    # two processes with the same per-process batch take half the optimiser steps of one process
+    # batch_size is global: two processes take half a batch each and as many optimiser steps as one
     one = subprocess.run(_finetune_cmd(params) + ["--fresh"], env=_env(), capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-2000:]
     metrics_one = json.loads((tmp_path / "artifacts" / "models" / "finetune" / "metrics.json").read_text())
     assert metrics_one["processes"] == 1
     clips, batch = metrics_one["train_clips"], 8
-    assert metrics_one["steps"] == clips // batch and metrics["steps"] == clips // (2 * batch)
+    assert metrics_one["steps"] == clips // batch and metrics["steps"] == clips // batch
+    assert metrics["global_batch"] == metrics_one["global_batch"] == batch
+    odd = subprocess.run(cmd + ["-o", "finetune.batch_size=7", "--fresh"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert odd.returncode != 0 and "finetune.batch_size = 7 is the global batch" in odd.stderr

@@ -175,3 +175,25 @@ def test_masked_table_metadata_is_checked_on_load(tmp_path):
         read_masked_table(path, index=full)
     with pytest.raises(DataFormatError, match=r"schema metadata dualpose.masks"):
         read_masked_table(tmp_path / "toy" / "train.parquet")
+
+
+def test_every_epoch_draws_new_masks_from_the_recorded_plan(tmp_path):
+    """Epoch 0 reads the materialised table; later epochs draw new streams of the same plan, so no
+    clip sees one mask twice in a run, and a rerun sees the same masks."""
+    index = small_index(tmp_path).select("train")
+    cfg = MaskingConfig(views=2)
+    path = write_masked_table(build_masked_table(index, cfg, J), tmp_path / "m.parquet")
+    masked = read_masked_table(path, T=9, num_joints=J, cfg=cfg)
+    ids = index.clip_id
+    assert np.array_equal(masked.for_epoch(ids, 1, 0), masked.for_clips(ids, 1))
+    seen = np.stack([masked.for_epoch(ids, v, e) for e in range(4) for v in range(2)], axis=1)  # (n, 8, T, J)
+    flat = seen.reshape(len(ids), 8, -1)
+    for clip in flat:
+        assert len({m.tobytes() for m in clip}) == 8  # 4 epochs x 2 views: all different
+    assert np.array_equal(masked.for_epoch(ids, 0, 3), generate_masks(len(ids), 9, J, cfg, ids, 3 * 2 + 0))
+    assert np.array_equal(masked.for_epoch(ids, 1, 2), masked.for_epoch(ids, 1, 2))  # reproducible
+    # the same count of masked joints in every frame, as the table's masks
+    later = masked.for_epoch(ids, 0, 5)
+    assert (later.sum(-1) == later.sum(-1)[:, :1]).all()
+    with pytest.raises(ValueError, match=r"views must be in \[0, 2\)"):
+        masked.for_epoch(ids, 2, 1)

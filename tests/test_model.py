@@ -58,7 +58,7 @@ def test_spec_errors_name_the_problem():
     with pytest.raises(ConfigError, match=r"dim \(60\) must be divisible by heads \(8\)"):
         build_spec("XS", {"dim": 60})
     with pytest.raises(ConfigError, match="temporal_pos_emb must be one of"):
-        build_spec("XS", {"temporal_pos_emb": "learned"})
+        build_spec("XS", {"temporal_pos_emb": "rotary"})
 
 
 def test_spec_from_params_and_custom_skeleton():
@@ -98,7 +98,11 @@ def test_same_weights_run_on_any_length():
     model = settle(DualPoseLifter(spec243))
     for frames in (100, 300, 3):
         assert model(poses(1, frames)).shape == (1, frames, 17, 3)
-    # no tensor's shape depends on T: a T=27 model takes the T=243 weights as they are
+    # without a learned frame table no tensor's shape depends on T: a T=27 model takes the T=243
+    # weights as they are (the learned table is the one tensor sized by the design T)
+    spec243 = build_spec("XS", {**TINY, "T": 243, "temporal_pos_emb": "none"})
+    spec27 = build_spec("XS", {**TINY, "T": 27, "temporal_pos_emb": "none"})
+    model = settle(DualPoseLifter(spec243))
     other = DualPoseLifter(spec27).eval()
     other.load_state_dict(model.state_dict(), strict=True)
     x = poses(2, 100)
@@ -150,9 +154,10 @@ def test_mask_token_replaces_only_masked_tokens():
     mask[1, 5, 0] = True
     filled = backbone.insert_mask_token(tokens, mask)
     assert torch.equal(filled[~mask], tokens[~mask])
-    expected = backbone.mask_token + backbone.pos_embed[0]  # (J, C): mask token + its joint's position
-    torch.testing.assert_close(filled[0, 1, [2, 3, 4]], expected[[2, 3, 4]])
-    torch.testing.assert_close(filled[1, 5, 0], expected[0])
+    # mask token + the position embedding of its joint and its frame: (T, J, C)
+    expected = backbone.mask_token + backbone.positions(6, x.device)[0]
+    torch.testing.assert_close(filled[0, 1, [2, 3, 4]], expected[1, [2, 3, 4]])
+    torch.testing.assert_close(filled[1, 5, 0], expected[5, 0])
     assert not torch.allclose(filled[mask], tokens[mask])
     with torch.no_grad():
         masked_feats = backbone.forward_features(tokens, mask=mask)
@@ -181,12 +186,47 @@ def test_sinusoidal_temporal_embedding_is_optional_and_order_aware():
     x = poses(1, 8)
     spec = build_spec("XS", {**TINY, "temporal_pos_emb": "sinusoidal"})
     backbone = DualPoseBackbone(spec)
-    plain = DualPoseBackbone(build_spec("XS", TINY))
+    plain = DualPoseBackbone(build_spec("XS", {**TINY, "temporal_pos_emb": "none"}))
     plain.load_state_dict(backbone.state_dict())  # the fixed embedding adds no parameter
     diff = backbone.embed(x) - plain.embed(x)  # (1, T, J, C): the same for every joint
     torch.testing.assert_close(diff[0, :, 0], diff[0, :, 5])
+    # scaled like the learned embeddings (std 0.02), not ~35x larger than the tokens
     torch.testing.assert_close(diff[0, 0, 0, : spec.dim // 2], torch.zeros(spec.dim // 2))  # sin(0)
-    torch.testing.assert_close(diff[0, 0, 0, spec.dim // 2:], torch.ones(spec.dim // 2))  # cos(0)
+    torch.testing.assert_close(diff[0, 0, 0, spec.dim // 2:], torch.full((spec.dim // 2,), 0.02))  # cos(0)
+
+
+def _permutation_gap(spec) -> float:
+    """Max |f(x[perm]) - f(x)[perm]| over frames for a backbone with settled layer scales."""
+    torch.manual_seed(0)
+    backbone = settle(DualPoseBackbone(spec)).eval()
+    x = poses(2, spec.T)
+    perm = torch.randperm(spec.T)
+    with torch.no_grad():
+        return float((backbone(x[:, perm]) - backbone(x)[:, perm]).abs().max())
+
+
+def test_backbone_without_frame_embedding_sees_a_set_and_with_it_sees_order():
+    """Without a temporal position signal the backbone is permutation-equivariant over frames
+    (the reference's defect); the default learned frame embedding breaks that."""
+    assert _permutation_gap(build_spec("XS", {**TINY, "T": 9, "temporal_pos_emb": "none"})) < 1e-5
+    default = build_spec("XS", {**TINY, "T": 9})
+    assert default.temporal_pos_emb == "learned"
+    assert _permutation_gap(default) > 1e-2
+
+
+def test_learned_frame_embedding_resamples_for_any_length():
+    spec = build_spec("XS", {**TINY, "T": 9})
+    backbone = DualPoseBackbone(spec)
+    table = backbone.temporal_pos_embed
+    assert table.shape == (9, spec.dim)
+    torch.testing.assert_close(backbone.frame_embedding(9, torch.device("cpu")), table)
+    longer = backbone.frame_embedding(17, torch.device("cpu"))  # every second row is a table row
+    torch.testing.assert_close(longer[::2], table)
+    torch.testing.assert_close(longer[1], (table[0] + table[1]) / 2)
+    shorter = backbone.frame_embedding(5, torch.device("cpu"))
+    torch.testing.assert_close(shorter, table[::2])
+    with torch.no_grad():  # the same weights run on other lengths
+        assert backbone(poses(1, 30)).shape == (1, 30, spec.num_joints, spec.dim)
 
 
 # --- fusion, graphs, attention ------------------------------------------------------------------------

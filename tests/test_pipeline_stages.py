@@ -8,6 +8,7 @@ from safetensors import safe_open
 
 from dualpose.config import load_params
 from dualpose.data.prepare import prepare_dataset
+from dualpose.errors import ConfigError
 from dualpose.eval.evaluate import run_evaluation
 from dualpose.layout import Layout
 from dualpose.stages import build_clips, build_masks
@@ -60,6 +61,10 @@ def test_pretrain_finetune_evaluate(prepared):
     assert all((layout.eval_dir("synthetic") / "plots" / n).exists()
                for n in ("per_action.png", "per_joint.png", "sample_skeleton.png"))
     assert result["summary"]["mpjpe_mm"] == metrics["mpjpe_mm"]
+    ref = metrics["reference_windows"]  # the references' clips: non-overlapping, tails dropped
+    assert 0 < ref["frames_evaluated"] <= metrics["frames"] and ref["stride"] == ref["window"] == params.clips.length
+    assert 0 < ref["p_mpjpe_mm"] <= ref["mpjpe_mm"] < 2000
+    assert "references' windows" in report
 
 
 def test_finetune_from_scratch_needs_no_pretraining(prepared):
@@ -68,3 +73,21 @@ def test_finetune_from_scratch_needs_no_pretraining(prepared):
     params.finetune.label_fraction = 0.5
     fin = run_finetuning(params, layout)
     assert fin["init"] == "scratch" and fin["train_clips"] > 0
+
+
+def test_train_on_every_subject_without_validation_keeps_the_last_epoch(prepared):
+    params, layout = prepared
+    params.finetune.init = "scratch"
+    params.clips.splits.validation_fraction = 0.0
+    build_clips(params, layout, "synthetic")
+    with pytest.raises(ConfigError, match="no validation clips.*finetune.select=last"):
+        run_finetuning(params, layout)
+    params.finetune.select = "last"
+    fin = run_finetuning(params, layout)
+    assert fin["validation_clips"] == 0 and fin["select"] == "last"
+    best = layout.model("finetune") / "best"
+    last = layout.model("finetune") / "last"
+    assert (best / "model.safetensors").read_bytes() == (last / "model.safetensors").read_bytes()
+    assert json.loads((best / "metrics.json").read_text())["selection"] == "last epoch (no validation split)"
+    history = json.loads((layout.model("finetune") / "history.json").read_text())
+    assert not [r for r in history if r["kind"] == "validation"]

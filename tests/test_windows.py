@@ -155,3 +155,20 @@ def test_bad_arguments_and_outputs_are_refused():
     )
     with pytest.raises(ValueError, match="centre mode only"):
         predict_sequences(identity, frames, T, targets=np.ones(40, bool))
+
+
+def test_reference_windows_do_not_overlap_and_drop_the_tail():
+    """The references' Human3.6M test clips: non-overlapping T windows, tail frames unpredicted,
+    videos shorter than T resampled."""
+    plan = plan_windows([0, 100], [23, 4], window=5, stride=5, tails="drop")
+    assert plan.offset.tolist() == [0, 5, 10, 15, 0]  # 4 whole windows of the 23 frames, then the short video
+    assert plan.resampled.tolist() == [False] * 4 + [True]
+    frames = np.arange(104, dtype=np.float64)[:, None, None] * np.ones((1, 2, 1))
+    out = predict_sequences(lambda x: x, frames, 5, 5, starts=[0, 100], lengths=[23, 4], tails="drop")
+    assert np.isnan(out[20:23]).all() and np.isfinite(out[:20]).all()  # frames 20-22: the dropped tail
+    np.testing.assert_allclose(out[:20, 0, 0], np.arange(20))
+    np.testing.assert_allclose(out[100:104, 0, 0], np.arange(100, 104))  # resampled and averaged back
+    covered = predict_sequences(lambda x: x, frames, 5, 5, starts=[0, 100], lengths=[23, 4])
+    assert np.isfinite(covered[:23]).all()
+    with pytest.raises(ValueError, match="unknown tails policy"):
+        plan_windows([0], [10], window=5, tails="trim")

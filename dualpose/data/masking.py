@@ -37,7 +37,10 @@ logic after the draw is vectorised over samples and frames.
 
 The materialised table has one row per (clip, view): ``clip_id``, ``view``, ``mask`` (the
 ``T * J`` bits packed with ``np.packbits``, ``fixed_size_binary``) and ``masked_ratio``; its
-metadata records T, J, the masking settings and the clip index's fingerprint.
+metadata records T, J, the masking settings and the clip index's fingerprint. It holds the masks of
+the first pretraining epoch and is the record of the plan for the later ones: epoch ``e`` uses
+generator streams ``e * views .. e * views + views - 1`` (:meth:`MaskedInputs.for_epoch`), so no
+clip sees the same mask twice in a run.
 """
 
 from __future__ import annotations
@@ -268,6 +271,24 @@ class MaskedInputs:
     def for_clips(self, clip_ids: np.ndarray, view: int | np.ndarray) -> np.ndarray:
         """(n, T, J) bool masks of these clips in these view(s)."""
         return self.masks(self.rows_for(clip_ids, view))
+
+    def for_epoch(self, clip_ids: np.ndarray, view: int | np.ndarray, epoch: int) -> np.ndarray:
+        """(n, T, J) masks of these clips in view(s) ``0 .. views - 1`` of training epoch ``epoch``.
+
+        The table is the versioned source of the mask plan: epoch 0 reads its materialised masks;
+        epoch ``e`` draws generator stream ``e * views + view`` of the same recorded settings
+        (seed, algorithm), so within a run no clip sees the same mask twice and a rerun sees the
+        very same masks.
+        """
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if epoch == 0:
+            return self.for_clips(clip_ids, view)
+        clip_ids = np.asarray(clip_ids, dtype=np.int64).reshape(-1)
+        views = np.broadcast_to(np.asarray(view, dtype=np.int64), clip_ids.shape)
+        if (views < 0).any() or (views >= self.cfg.views).any():
+            raise ValueError(f"views must be in [0, {self.cfg.views}), got {views.min()}..{views.max()}")
+        return generate_masks(clip_ids.size, self.T, self.J, self.cfg, clip_ids, epoch * self.cfg.views + views)
 
 
 def read_masked_table(path: str | os.PathLike, *, T: int | None = None, num_joints: int | None = None,

@@ -102,6 +102,7 @@ def prepare_dataset(params: Params, name: str, layout: Layout, base_dir: Path | 
     parts: dict[str, int] = {}
     splits: dict[str, int] = {}
     videos = 0
+    notes: dict = {}
     with atomic_dir(layout.tables(name)) as tmp:
         for part in adapter.convert(files, options, name, skeleton):
             if part.name in parts:
@@ -109,6 +110,7 @@ def prepare_dataset(params: Params, name: str, layout: Layout, base_dir: Path | 
             table = to_arrow(part.frames, skeleton, source=f"{name}/{part.name}")
             write_keypoint_table(table, tmp / f"{part.name}.parquet", skeleton)
             parts[part.name] = table.num_rows
+            notes.update(part.notes)
             split_col = table.column("split").combine_chunks()
             for split, count in zip(*_value_counts(split_col)):
                 splits[split] = splits.get(split, 0) + count
@@ -119,7 +121,7 @@ def prepare_dataset(params: Params, name: str, layout: Layout, base_dir: Path | 
             raise ValueError(f"adapter {cfg.adapter!r} produced no tables for data set {name!r}")
         result = PreparedDataset(name, layout.tables(name), parts, splits, videos, time.perf_counter() - start)
         (tmp / MANIFEST).write_text(json.dumps({**result.as_dict(), "adapter": cfg.adapter,
-                                                "skeleton": skeleton.name}, indent=2))
+                                                "skeleton": skeleton.name, "notes": notes}, indent=2))
     return result
 
 

@@ -10,6 +10,9 @@ Two protocols:
   :func:`dualpose.data.clips.resample_offsets`, so every frame appears at least once and its
   predictions are averaged back) or edge-padded at the end (``short="pad"``, padded positions
   are dropped).
+  With ``tails="drop"`` the windows are the references' Human3.6M test clips instead: windows
+  start every ``stride`` frames only while they fit (no end-aligned last window), so with
+  ``stride = T`` they do not overlap and the frames after the last whole window are not predicted.
 - ``mode="centre"`` (MPI-INF-3DHP): every target frame is predicted at the centre position
   ``(T - 1) // 2`` of its own window, edge-padded at the video's ends.
 
@@ -87,8 +90,12 @@ def plan_windows(
     mode: Literal["average", "centre"] = "average",
     short: Literal["resample", "pad"] = "resample",
     targets: Any = None,
+    tails: Literal["cover", "drop"] = "cover",
 ) -> WindowPlan:
     """Plan the windows for videos given as runs of rows ``(starts, lengths)``.
+
+    ``tails`` (average mode): ``cover`` end-aligns a last window so every frame is predicted;
+    ``drop`` keeps only windows that fit at multiples of ``stride`` (the references' test clips).
 
     ``targets`` (centre mode only): boolean mask over all rows, the frames to predict (e.g.
     the valid 3DHP frames); default every frame of every run.
@@ -97,6 +104,8 @@ def plan_windows(
     _check_sizes(window, stride)
     if mode not in ("average", "centre"):
         raise ValueError(f"unknown mode {mode!r}; known: 'average', 'centre'")
+    if tails not in ("cover", "drop"):
+        raise ValueError(f"unknown tails policy {tails!r}; known: 'cover', 'drop'")
     if short not in ("resample", "pad"):
         raise ValueError(f"unknown short-video policy {short!r}; known: 'resample', 'pad'")
     starts = np.asarray(starts, dtype=np.int64).reshape(-1)
@@ -118,7 +127,10 @@ def plan_windows(
 
     long_ = lengths >= window
     s, n = starts[long_], lengths[long_]
-    count = (n - window + stride - 1) // stride + 1  # windows per video, the last one end-aligned
+    if tails == "cover":
+        count = (n - window + stride - 1) // stride + 1  # windows per video, the last one end-aligned
+    else:
+        count = (n - window) // stride + 1  # only windows that fit at multiples of the stride
     video = np.repeat(np.arange(s.size), count)
     k = np.arange(video.size) - np.repeat(np.cumsum(count) - count, count)
     long_offset = np.minimum(k * stride, n[video] - window)
@@ -203,6 +215,7 @@ def predict_sequences(
     starts: Any = None,
     lengths: Any = None,
     targets: Any = None,
+    tails: Literal["cover", "drop"] = "cover",
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
@@ -247,7 +260,8 @@ def predict_sequences(
         if targets.shape != (frames.shape[0],):
             raise DataFormatError(None, "targets", f"one flag per frame, shape ({frames.shape[0]},)",
                                   f"shape {targets.shape}")
-    plan = plan_windows(starts_arr, lengths_arr, window, stride, mode=mode, short=short, targets=targets)
+    plan = plan_windows(starts_arr, lengths_arr, window, stride, mode=mode, short=short, targets=targets,
+                        tails=tails)
     sums, counts = predict_windows(predict, frames, plan, batch_size=batch_size, device=device, progress=progress)
     result = _mean(sums, counts)
     if as_list:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dualpose.model.blocks import DualStreamBlock
@@ -31,8 +32,11 @@ def resolve_skeleton(spec: ModelSpec, skeleton: Skeleton | None) -> Skeleton:
     return skel
 
 
+POS_EMB_STD = 0.02  # scale of every position embedding at initialisation (as the spatial one)
+
+
 def sinusoidal_embedding(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """Fixed sine/cosine frame embedding (length, dim), defined for any length."""
+    """Fixed sine/cosine frame embedding (length, dim), defined for any length, unit amplitude."""
     position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
     half = dim // 2
     freq = torch.exp(torch.arange(half, device=device, dtype=torch.float32) * (-math.log(10000.0) / max(half, 1)))
@@ -57,6 +61,9 @@ class DualPoseBackbone(nn.Module):
         c = spec.dim
         self.joints_embed = nn.Linear(spec.in_channels, c)
         self.pos_embed = nn.Parameter(torch.zeros(1, spec.num_joints, c))
+        # learned frame embedding for the design length T, resampled for any other length
+        self.temporal_pos_embed = (nn.Parameter(torch.zeros(spec.T, c)) if spec.temporal_pos_emb == "learned"
+                                   else None)
         adjacency = normalized_adjacency(skel.adjacency(), self_loops=spec.graph_self_loops)
         rates = [spec.drop_path * i / max(spec.depth - 1, 1) for i in range(spec.depth)]
         self.blocks = nn.ModuleList(
@@ -69,7 +76,9 @@ class DualPoseBackbone(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=POS_EMB_STD)
+        if self.temporal_pos_embed is not None:
+            nn.init.trunc_normal_(self.temporal_pos_embed, std=POS_EMB_STD)
         if self.mask_token is not None:
             nn.init.trunc_normal_(self.mask_token, std=0.02)
         for name, module in self.named_modules():
@@ -80,11 +89,31 @@ class DualPoseBackbone(nn.Module):
         for block in self.blocks:
             block.init_fusion()
 
+    def frame_embedding(self, frames: int, device: torch.device) -> torch.Tensor | None:
+        """Temporal position embedding (frames, C), or None when the spec has none.
+
+        The learned table is kept as is at the design length and linearly resampled (ends
+        aligned) for any other length, so a clip's first and last frames always get the
+        table's first and last rows and the same weights run on any T.
+        """
+        kind = self.spec.temporal_pos_emb
+        if kind == "learned":
+            table = self.temporal_pos_embed
+            if frames == table.shape[0] and not torch.jit.is_tracing():
+                return table
+            if table.shape[0] == 1:
+                return table.expand(frames, -1)
+            return F.interpolate(table.T[None], size=frames, mode="linear", align_corners=True)[0].T
+        if kind == "sinusoidal":
+            return POS_EMB_STD * sinusoidal_embedding(frames, self.spec.dim, device)
+        return None
+
     def positions(self, frames: int, device: torch.device) -> torch.Tensor:
-        """Position embedding broadcastable to (B, T, J, C)."""
+        """Position embedding broadcastable to (B, T, J, C): joint identity plus frame order."""
         pos = self.pos_embed[:, None]  # (1, 1, J, C)
-        if self.spec.temporal_pos_emb == "sinusoidal":
-            pos = pos + sinusoidal_embedding(frames, self.spec.dim, device)[None, :, None, :]
+        temporal = self.frame_embedding(frames, device)
+        if temporal is not None:
+            pos = pos + temporal[None, :, None, :]
         return pos
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

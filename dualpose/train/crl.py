@@ -3,7 +3,9 @@
 The student sees the masked sequence (masked (frame, joint) tokens replaced by a learned mask
 token after the embedding); the EMA teacher sees the full sequence. Targets are the average of
 the teacher's last K block outputs, each normalised without parameters; the loss is the mean
-squared error on masked tokens, scaled by 1/sqrt(C).
+squared error on masked tokens, scaled by 1/sqrt(C). What a block contributes is its residual
+feed-forward output before layer scale and the last residual connection, as data2vec
+(:func:`block_targets`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,61 @@ def normalise_block_output(x: torch.Tensor, kind: str) -> torch.Tensor:
     return F.instance_norm(flat).transpose(1, 2).reshape(b, t, j, c)
 
 
+def block_targets(blocks: list[torch.Tensor], top_k: int, kind: str,
+                  ffn: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """What each of the last ``top_k`` blocks contributes as a target (before normalisation).
+
+    ``ffn``: the block's feed-forward output before layer scale and the last residual connection
+    (data2vec's target), both streams fused with the block's own fusion weights; ``ffn`` holds them
+    for every block (see :class:`FFNTap`). ``output``: the post-residual block output, which under
+    layer scale 1e-5 is ~99% the token's own input (masked 2D reconstruction, kept as an ablation).
+    """
+    if kind == "output":
+        return blocks[-top_k:]
+    if kind != "ffn":
+        raise ValueError(f"unknown CRL target {kind!r}: expected 'ffn' or 'output'")
+    if ffn is None or len(ffn) != len(blocks):
+        raise ValueError("the 'ffn' target needs the FFN outputs of every block (FFNTap)")
+    return ffn[-top_k:]
+
+
+class FFNTap:
+    """Forward hooks that record each block's fused pre-residual FFN output during a forward pass.
+
+    A dual-stream block ends each stream with a MetaFormer FFN (``x + ls2 * mlp(LN(x))``) and fuses
+    the streams per token with softmax weights ``w``; the tapped target is
+    ``w_a * mlp_a(.) + w_g * mlp_g(.)``: what the block computes, before layer scale shrinks it
+    and before the residual stream (which carries the token's own input) is added.
+    """
+
+    def __init__(self, backbone: nn.Module):
+        self._ffn: dict[int, dict[str, torch.Tensor]] = {}
+        self.handles = []
+        for i, block in enumerate(backbone.blocks):
+            self.handles.append(block.attn_temporal.mlp.register_forward_hook(self._keep(i, "a")))
+            self.handles.append(block.graph_temporal.mlp.register_forward_hook(self._keep(i, "g")))
+            self.handles.append(block.fusion.register_forward_hook(self._keep(i, "w")))
+
+    def _keep(self, i: int, key: str):
+        def hook(module, inputs, output):
+            self._ffn.setdefault(i, {})[key] = output
+        return hook
+
+    def collect(self) -> list[torch.Tensor]:
+        """The fused FFN outputs of the last forward, in block order; clears the record."""
+        out = []
+        for i in sorted(self._ffn):
+            rec = self._ffn[i]
+            w = rec["w"].softmax(dim=-1)
+            out.append(rec["a"] * w[..., 0:1] + rec["g"] * w[..., 1:2])
+        self._ffn.clear()
+        return out
+
+
 class CRLModel(nn.Module):
     """Student backbone + regression head, and its EMA teacher."""
 
-    def __init__(self, backbone: nn.Module, top_k: int, target_norm: str = "instance"):
+    def __init__(self, backbone: nn.Module, top_k: int, target_norm: str = "instance", target: str = "ffn"):
         super().__init__()
         depth = len(backbone.blocks)
         if not 1 <= top_k <= depth:
@@ -45,6 +98,8 @@ class CRLModel(nn.Module):
         self.teacher = EMATeacher(backbone)
         self.top_k = top_k
         self.target_norm = target_norm
+        self.target = target
+        self._tap = FFNTap(self.teacher.module) if target == "ffn" else None
         self.dim = dim
 
     def trainable_parameters(self):
@@ -59,7 +114,8 @@ class CRLModel(nn.Module):
         """
         teacher = self.teacher.module
         blocks = teacher.forward_features(teacher.embed(x), return_blocks=True)[1]
-        top = blocks[-self.top_k:]
+        ffn = self._tap.collect() if self._tap is not None else None
+        top = block_targets(blocks, self.top_k, self.target, ffn)
         layers = [normalise_block_output(h, self.target_norm) for h in top]
         raw = torch.stack([h.float() for h in top]).mean(0)
         raw_var = raw.reshape(-1, self.dim).var(dim=0).mean()

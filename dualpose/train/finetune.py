@@ -1,7 +1,9 @@
 """The ``finetune`` stage: supervised 3D lifting (paper-notes section 4).
 
 Starts from the pretrained backbone (``finetune.init: pretrained``) or from scratch. The
-validation split, never the test split, selects the best epoch. Artefacts
+validation split, never the test split, selects the best epoch (``finetune.select: validation``);
+``select: last`` trains on every training subject with no hold-out and keeps the last epoch, as
+the papers report. Artefacts
 (``<root>/models/finetune``): ``best/`` and ``last/`` (``model.safetensors`` + ``config.json``),
 ``metrics.json`` and ``history.json``.
 """
@@ -16,6 +18,7 @@ import torch
 
 from dualpose.codec import PoseCodec
 from dualpose.config import Params
+from dualpose.errors import ConfigError
 from dualpose.layout import Layout
 from dualpose.model.backbone import DualPoseLifter
 from dualpose.model.config import spec_from_params
@@ -72,7 +75,12 @@ def run_finetuning(params: Params, layout: Layout, resume: bool = True,
     train = ClipSet(table, index, "train")
     if cfg.label_fraction < 1.0:
         train = ClipSet(table, index, "train", clip_subset=label_subset(train, cfg.label_fraction, params.seed))
-    validation = ClipSet(table, index, "validation")
+    by_validation = cfg.select == "validation"
+    if by_validation and len(index.select("validation")) == 0:
+        raise ConfigError("finetune.select is 'validation' but the clip index has no validation clips: hold out "
+                          "clips.splits.validation_subjects / validation_fraction, or train on every training "
+                          "subject with finetune.select=last (the last epoch's weights are reported)")
+    validation = ClipSet(table, index, "validation") if by_validation else None
 
     spec = spec_from_params(params, skeleton)
     lifter = DualPoseLifter(spec)
@@ -96,7 +104,9 @@ def run_finetuning(params: Params, layout: Layout, resume: bool = True,
         pred = model(batch["input"]).float()
         return lifting_loss(pred, batch["target"], cfg.loss)
 
-    def validate(epoch: int) -> dict:
+    def validate(epoch: int) -> dict | None:
+        if validation is None:
+            return None
         mm = validation_mpjpe(model, validation, codec, acc, params.evaluate.batch_size)
         return {"val_mpjpe_mm": mm, "selection": mm}
 
@@ -105,13 +115,15 @@ def run_finetuning(params: Params, layout: Layout, resume: bool = True,
             save_weights(raw, spec, out / "best")
             write_json(out / "best" / "metrics.json", {"epoch": epoch, **metrics})
 
-    settings = stage_settings(cfg, params, layout, "finetune", resume)
+    settings = stage_settings(cfg, params, layout, "finetune", resume, acc.num_processes)
     trainer = Trainer(acc, settings, model, optimizer, len(train), make_batch, loss_fn, cfg.optim.lr_decay,
                       checkpoint_modules={"lifter": raw}, validate=validate, on_best=on_best,
                       callbacks=callbacks)
     if acc.is_main_process:
-        log.info("finetuning %s from %s on %d clips (%d validation), %d steps, %d processes",
-                 params.model.variant, source, len(train), len(validation), trainer.total_steps, acc.num_processes)
+        log.info("finetuning %s from %s on %d clips (%s), %d steps, %d processes",
+                 params.model.variant, source, len(train),
+                 f"{len(validation)} validation" if validation else "no validation: the last epoch is kept",
+                 trainer.total_steps, acc.num_processes)
     state = trainer.fit()
 
     validations = [r for r in state.history if r["kind"] == "validation"]
@@ -119,15 +131,21 @@ def run_finetuning(params: Params, layout: Layout, resume: bool = True,
         "steps": state.step,
         "init": cfg.init,
         "train_clips": len(train),
-        "validation_clips": len(validation),
+        "validation_clips": len(validation) if validation else 0,
+        "select": cfg.select,
         "best_val_mpjpe_mm": state.best,
         "best_epoch": state.best_epoch,
         "last_val_mpjpe_mm": validations[-1]["val_mpjpe_mm"] if validations else float("nan"),
         "final_loss": next((r["loss"] for r in reversed(state.history) if r["kind"] == "train"), float("nan")),
         "processes": acc.num_processes,
+        "global_batch": cfg.batch_size,
     }
     if acc.is_main_process:
         save_weights(raw, spec, out / "last")
+        if not by_validation:  # "best" is the last epoch: what evaluation reads by default
+            save_weights(raw, spec, out / "best")
+            write_json(out / "best" / "metrics.json", {"epoch": state.step // trainer.steps_per_epoch - 1,
+                                                       "selection": "last epoch (no validation split)"})
         write_json(out / "metrics.json", metrics)
         write_history(state.history, out / "history.json")
     acc.wait_for_everyone()

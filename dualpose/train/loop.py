@@ -24,14 +24,14 @@ import torch
 from torch import nn
 
 from dualpose.config import OptimConfig
-from dualpose.errors import DataFormatError
+from dualpose.errors import ConfigError, DataFormatError
 from dualpose.train.checkpoint import load_latest_intact, run_fingerprint, save_checkpoint
 
 
 @dataclass
 class LoopSettings:
     epochs: int
-    batch_size: int  # per process
+    batch_size: int  # per process (params.yaml's batch_size is global: see stage_settings)
     grad_accum: int
     save_every_steps: int
     seed: int
@@ -44,11 +44,21 @@ class LoopSettings:
     fingerprint: dict[str, str] | None = None  # inputs and settings; a checkpoint of other ones is not resumed
 
 
-def stage_settings(cfg, params, layout, stage: str, resume: bool) -> LoopSettings:
+def per_process_batch(global_batch: int, processes: int, where: str) -> int:
+    """``batch_size`` in params.yaml is global (clips per micro-batch over all processes), so the
+    learning rate and the optimiser steps per epoch do not change with the process count."""
+    if global_batch % processes:
+        raise ConfigError(f"{where}.batch_size = {global_batch} is the global batch and must divide evenly over "
+                          f"the {processes} processes (e.g. {processes * max(1, global_batch // processes)})")
+    return global_batch // processes
+
+
+def stage_settings(cfg, params, layout, stage: str, resume: bool, processes: int = 1) -> LoopSettings:
     """Loop settings of the ``pretrain`` / ``finetune`` section ``cfg`` of params.yaml."""
     from dualpose.train.runtime import progress_enabled
 
-    return LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+    return LoopSettings(epochs=cfg.epochs, batch_size=per_process_batch(cfg.batch_size, processes, stage),
+                        grad_accum=cfg.grad_accum,
                         save_every_steps=cfg.save_every_steps, seed=params.seed, run_dir=layout.run_dir(stage),
                         max_steps=cfg.max_steps, grad_clip=cfg.optim.grad_clip, resume=resume,
                         progress=progress_enabled(), desc=stage, fingerprint=run_fingerprint(params, layout, stage))

@@ -53,7 +53,7 @@ def run_pretraining(params: Params, layout: Layout, resume: bool = True,
 
     spec = spec_from_params(params, skeleton)
     backbone = DualPoseBackbone(spec, skeleton, with_mask_token=True)
-    crl = CRLModel(backbone, cfg.top_k_blocks, cfg.target_norm)
+    crl = CRLModel(backbone, cfg.top_k_blocks, cfg.target_norm, cfg.target)
     optimizer = build_optimizer(crl.trainable_parameters(), cfg.optim)
     model, optimizer = acc.prepare(crl, optimizer)
     raw = acc.unwrap_model(model)
@@ -62,7 +62,8 @@ def run_pretraining(params: Params, layout: Layout, resume: bool = True,
     def make_batch(items: np.ndarray, micro_step: int) -> dict:
         clip_pos, view = items // views, items % views
         x = table.inputs[rows[torch.as_tensor(clip_pos)]]
-        mask = torch.from_numpy(masked.for_clips(clip_ids[clip_pos], view))
+        epoch = (micro_step // cfg.grad_accum) // trainer.steps_per_epoch if cfg.fresh_masks else 0
+        mask = torch.from_numpy(masked.for_epoch(clip_ids[clip_pos], view, epoch))
         flip = flip_draw(params.seed, micro_step * acc.num_processes + acc.process_index, len(items),
                          cfg.flip_probability)
         x = flip_batch(x, flip, perm)
@@ -71,7 +72,7 @@ def run_pretraining(params: Params, layout: Layout, resume: bool = True,
     def loss_fn(batch: dict, step: int):
         return model(batch["input"], batch["mask"])
 
-    settings = stage_settings(cfg, params, layout, "pretrain", resume)
+    settings = stage_settings(cfg, params, layout, "pretrain", resume, acc.num_processes)
     trainer: Trainer | None = None
     collapse = {"low": 0}
 
@@ -116,6 +117,7 @@ def run_pretraining(params: Params, layout: Layout, resume: bool = True,
         "clips": int(len(clip_ids)),
         "views": int(views),
         "processes": acc.num_processes,
+        "global_batch": cfg.batch_size,
     }
     if acc.is_main_process:
         save_weights(raw.student, spec, out)

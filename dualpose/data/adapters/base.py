@@ -18,7 +18,7 @@ was expected; since writing happens only after conversion succeeds, nothing is h
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +36,7 @@ class AdapterOptions(BaseModel):
 class TablePart:
     name: str  # file stem, e.g. "train", "test", "train-S1"
     frames: FrameColumns
+    notes: dict = field(default_factory=dict)  # JSON-able facts for the manifest (e.g. rejected takes)
 
 
 class AdapterModule(Protocol):

@@ -121,6 +121,9 @@ def _validate_split(raw, path: Path, name: str, skeleton: Skeleton) -> _Split:
     chk.check_finite(factor, path, f("2.5d_factor"))
     chk.check_range(factor, path, f("2.5d_factor"), np.finfo(np.float32).tiny, None, "positive mm-per-pixel factors")
 
+    check_factor_relation(joint3d_image, kp25d, factor, path, f)
+    del joint3d_image
+
     source = chk.string_column(get("source"), n, path, f("source"))
     starts = chk.run_starts(source)
     lengths = np.diff(np.r_[starts, n])
@@ -151,6 +154,30 @@ def _validate_split(raw, path: Path, name: str, skeleton: Skeleton) -> _Split:
         run_subject=run_subject.astype(str), run_camera=np.char.strip(run_camera),
         run_action=np.char.strip(run_action),
     )
+
+
+FACTOR_TOLERANCE = 0.01  # of the pose's size: MotionBERT wrote joints_2.5d_image = joint3d_image * 2.5d_factor
+_CHUNK_FRAMES = 200_000
+
+
+def check_factor_relation(joint3d_image: np.ndarray, kp25d: np.ndarray, factor: np.ndarray, path, f) -> None:
+    """The evaluation target must be the image-space 3D scaled by the 2.5D factor (root-relative,
+    per frame): ``joints_2.5d_image - root = (joint3d_image - root) * 2.5d_factor`` within
+    :data:`FACTOR_TOLERANCE` of the pose's mean joint distance from the root. A pickle whose
+    factor belongs to other frames, or is in other units, would decode every prediction wrongly."""
+    for lo in range(0, len(factor), _CHUNK_FRAMES):
+        sl = slice(lo, lo + _CHUNK_FRAMES)
+        rel25 = kp25d[sl] - kp25d[sl, :1]
+        rel3 = (joint3d_image[sl] - joint3d_image[sl, :1]) * factor[sl, None, None]
+        size = np.linalg.norm(rel25, axis=-1).mean(axis=-1)
+        err = np.linalg.norm(rel25 - rel3, axis=-1).max(axis=-1)
+        bad = err > FACTOR_TOLERANCE * np.maximum(size, 1e-6)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataFormatError(path, f("2.5d_factor"),
+                                  "joints_2.5d_image = joint3d_image * 2.5d_factor (root-relative, within "
+                                  f"{FACTOR_TOLERANCE:.0%} of the pose size)",
+                                  f"off by {err[i]:.1f} mm on a {size[i]:.0f} mm pose at index {lo + i}")
 
 
 def _constant_per_run(value, n: int, starts: np.ndarray, path: Path, field: str) -> np.ndarray:

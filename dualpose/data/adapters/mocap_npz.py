@@ -17,13 +17,16 @@ joint_names    str [J]                     the skeleton's joints (any order; map
 joint_parents  int [J]                     parent index per joint, -1 for the root
 =============  ==========================  ===============================================
 
-Other keys (provenance) are ignored. Sequences are assigned to the ``test`` part whole (no
+Optional ``subjects`` (str [S]) names each sequence's subject (default ``options.subject``), which
+``test_subjects`` uses to split by subject. Other keys (provenance) are ignored. Several files may
+be given (``files: {motion: a.npz, extra: b.npz}``): their sequences are pooled. Sequences are assigned to the ``test`` part whole (no
 frame of a test sequence is trained on): explicitly by name, or a seeded fraction per action.
 Each sequence becomes ``cameras`` videos; see :mod:`dualpose.data.virtual_capture`.
 """
 
 from __future__ import annotations
 
+import logging
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -38,7 +41,10 @@ from dualpose.data.virtual_capture import CaptureOptions, capture_motion, concat
 from dualpose.errors import DataFormatError
 from dualpose.skeleton import H36M_17, Skeleton
 
-REQUIRED_FILES: tuple[str, ...] = ("motion",)
+log = logging.getLogger(__name__)
+
+REQUIRED_FILES: tuple[str, ...] = ("motion",)  # further files (any name) are more motion npz files
+OPTIONAL_KEYS = ("subjects",)  # per-sequence subject; default: options.subject for every sequence
 REQUIRED_KEYS = ("positions", "seq_starts", "seq_lengths", "seq_names", "actions", "fps", "joint_names",
                  "joint_parents")
 
@@ -49,7 +55,11 @@ class MotionOptions(CaptureOptions):
     seed: int = 0
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # of each action's sequences, when none are named
     test_sequences: list[str] | None = None  # explicit test sequence names (overrides test_fraction)
+    test_subjects: list[str] | None = None  # every sequence of these subjects is test (split by subject)
     sequences: list[str] | None = None  # keep only these sequences (names or actions); default all
+    # Reject takes in which any joint moves faster than this between two frames (m/s): mocap
+    # joint flips jump 20-40 m/s for a frame, while real motion (sprints, kicks) stays below ~17.
+    max_joint_speed_ms: float | None = Field(None, gt=0)
 
 
 class Options(MotionOptions):
@@ -82,14 +92,38 @@ def select_sequences(sequences: list[MotionSequence], keep: Sequence[str] | None
     return chosen
 
 
+def reject_fast_joints(sequences: list[MotionSequence], max_speed_ms: float | None) -> tuple[list[MotionSequence], list[str]]:
+    """Drop sequences with a joint faster than ``max_speed_ms`` between consecutive frames (a
+    tracking flip); returns the kept sequences and the names of the rejected ones."""
+    if max_speed_ms is None:
+        return sequences, []
+    kept, rejected = [], []
+    for seq in sequences:
+        steps = np.linalg.norm(np.diff(seq.positions, axis=0), axis=-1) if len(seq.positions) > 1 else np.zeros(1)
+        speed = float(steps.max()) * seq.fps / 1000.0  # positions are mm
+        if speed > max_speed_ms:
+            rejected.append(seq.name)
+        else:
+            kept.append(seq)
+    return kept, rejected
+
+
 def split_by_sequence(names: Sequence[str], actions: Sequence[str], test_fraction: float,
-                      test_sequences: Sequence[str] | None, seed: int) -> np.ndarray:
+                      test_sequences: Sequence[str] | None, seed: int,
+                      subjects: Sequence[str] | None = None, test_subjects: Sequence[str] | None = None) -> np.ndarray:
     """Boolean (S,): True for test sequences.
 
-    Named sequences win; otherwise ``round(test_fraction * n)`` sequences of each action with at
-    least two sequences are drawn (seeded), and at least one overall when the fraction is > 0.
+    Named test subjects win, then named sequences; otherwise ``round(test_fraction * n)``
+    sequences of each action with at least two sequences are drawn (seeded), and at least one
+    overall when the fraction is > 0.
     """
     names = list(names)
+    if test_subjects is not None:
+        subjects_arr = np.asarray(list(subjects) if subjects is not None else [], dtype=object)
+        unknown = sorted(set(test_subjects) - set(subjects_arr.tolist()))
+        if unknown:
+            raise ValueError(f"test_subjects {unknown} are not among the subjects {sorted(set(subjects_arr.tolist()))}")
+        return np.isin(subjects_arr, list(test_subjects))
     if test_sequences is not None:
         unknown = sorted(set(test_sequences) - set(names))
         if unknown:
@@ -114,8 +148,15 @@ def split_by_sequence(names: Sequence[str], actions: Sequence[str], test_fractio
 def motion_parts(sequences: Sequence[MotionSequence], options: MotionOptions, dataset: str,
                  skeleton: Skeleton) -> Iterator[TablePart]:
     """Film every sequence and yield the ``train`` and ``test`` parts."""
+    sequences, rejected = reject_fast_joints(list(sequences), options.max_joint_speed_ms)
     is_test = split_by_sequence([s.name for s in sequences], [s.action for s in sequences],
-                                options.test_fraction, options.test_sequences, options.seed)
+                                options.test_fraction, options.test_sequences, options.seed,
+                                [s.subject for s in sequences], options.test_subjects)
+    notes = {"rejected_sequences": len(rejected), "rejected_names": rejected,
+             "max_joint_speed_ms": options.max_joint_speed_ms} if options.max_joint_speed_ms else {}
+    if rejected:
+        log.warning("%s: rejected %d sequence(s) with a joint faster than %g m/s (tracking flips): %s",
+                    dataset, len(rejected), options.max_joint_speed_ms, ", ".join(rejected))
     parts: dict[str, list] = {"train": [], "test": []}
     for seq, test in zip(sequences, is_test):
         split = "test" if test else "train"
@@ -126,7 +167,7 @@ def motion_parts(sequences: Sequence[MotionSequence], options: MotionOptions, da
             sequence=seq.name.replace("/", "-"), skeleton=skeleton,
         ))
     for name in ("train", "test"):
-        yield TablePart(name=name, frames=concat_frames(parts[name], skeleton))
+        yield TablePart(name=name, frames=concat_frames(parts[name], skeleton), notes=notes)
 
 
 # ---------------------------------------------------------------------------- reading the npz
@@ -141,7 +182,7 @@ def _load(path: Path) -> dict[str, np.ndarray]:
             if missing:
                 raise DataFormatError(path, missing[0], "a key of the motion npz format "
                                       f"(required: {', '.join(REQUIRED_KEYS)})", "missing")
-            return {k: npz[k] for k in REQUIRED_KEYS}
+            return {k: npz[k] for k in (*REQUIRED_KEYS, *OPTIONAL_KEYS) if k in npz.files}
     except DataFormatError:
         raise
     except ValueError as exc:  # object arrays need pickle: refused
@@ -164,6 +205,7 @@ def read_motion_npz(path: Path, skeleton: Skeleton = H36M_17, subject: str = "cm
     names, actions, fps = d["seq_names"], d["actions"], d["fps"]
     joint_names, parents = d["joint_names"], d["joint_parents"]
 
+    subjects = d.get("subjects")
     _check_kind(path, "joint_names", joint_names, "U", "an array of joint name strings")
     if joint_names.ndim != 1:
         raise DataFormatError(path, "joint_names", "shape (J,)", f"shape {joint_names.shape}")
@@ -203,6 +245,12 @@ def read_motion_npz(path: Path, skeleton: Skeleton = H36M_17, subject: str = "cm
         _check_kind(path, key, arr, "U", "an array of strings")
     if len(set(names.tolist())) != s:
         raise DataFormatError(path, "seq_names", "unique sequence names", "duplicates")
+    if subjects is None:
+        subjects = np.full(s, subject)
+    else:
+        _check_kind(path, "subjects", subjects, "U", "an array of subject strings")
+        if subjects.shape != (s,):
+            raise DataFormatError(path, "subjects", f"shape ({s},) like seq_starts", f"shape {subjects.shape}")
     ends = starts.astype(np.int64) + lengths
     bad = (starts < 0) | (lengths < 1) | (ends > len(pos))
     if bad.any():
@@ -215,15 +263,24 @@ def read_motion_npz(path: Path, skeleton: Skeleton = H36M_17, subject: str = "cm
 
     positions = pos[:, order].astype(np.float64) * unit_to_mm
     return [
-        MotionSequence(name=str(n), subject=subject, action=str(a),
+        MotionSequence(name=str(n), subject=str(subj), action=str(a),
                        positions=positions[int(b):int(b) + int(length)], fps=float(fps))
-        for n, a, b, length in zip(names, actions, starts, lengths)
+        for n, a, b, length, subj in zip(names, actions, starts, lengths, subjects)
     ]
 
 
 def convert(files: dict[str, Path], options: Options, dataset: str,
             skeleton: Skeleton = H36M_17) -> Iterator[TablePart]:
-    path = Path(files["motion"])
-    sequences = read_motion_npz(path, skeleton, options.subject, options.unit_to_mm)
-    sequences = select_sequences(sequences, options.sequences, str(path))
+    """Every file of ``files`` is a motion npz (``motion`` first, then the others by name);
+    sequence names must be unique across them."""
+    sequences: list[MotionSequence] = []
+    for key in sorted(files, key=lambda k: (k != "motion", k)):
+        path = Path(files[key])
+        found = read_motion_npz(path, skeleton, options.subject, options.unit_to_mm)
+        clash = sorted({s.name for s in found} & {s.name for s in sequences})
+        if clash:
+            raise DataFormatError(path, "seq_names", "names not used by the data set's other motion files",
+                                  f"{len(clash)} repeated, e.g. {clash[0]!r}")
+        sequences.extend(found)
+    sequences = select_sequences(sequences, options.sequences, ", ".join(str(files[k]) for k in sorted(files)))
     yield from motion_parts(sequences, options, dataset, skeleton)

@@ -16,10 +16,13 @@ Assumptions (documented facts of the preparation scripts and the dataset's READM
 - ``data_3d`` is ``univ_annot3``: camera-frame millimetres of the pose rescaled to the
   "universal" (Human3.6M-height) skeleton; ``data_2d`` is ``annot2``, pixels of the original
   images. So the 3D does not reproject exactly onto the 2D.
-- Intrinsics are not in the files (``cam_intrinsics`` NaN). ``factor_2_5d`` (mm per pixel at
-  the root's depth) is therefore the per-frame least-squares scale that maps the root-relative 2D
-  onto the root-relative 3D x, y: ``s = sum(a . b) / sum(a . a)`` with ``a`` = 2D - 2D root and
-  ``b`` = (x, y) - root (x, y), over all joints.
+- Intrinsics are not in the files (``cam_intrinsics`` NaN), so the metric scale of a test
+  frame cannot be known from its 2D. ``factor_2_5d`` is therefore a constant known without
+  labels (as the references, which regress root-relative 3D in fixed units): ``2 * target_unit_mm
+  / width``, so that one normalised target unit is ``target_unit_mm`` millimetres (default 1000:
+  targets in metres). Predictions are decoded with the same constant; no test label enters it.
+  (A per-frame least-squares fit of 2D to ground-truth 3D, :func:`least_squares_scale`, would be an
+  oracle on the test set: it stays available for analysis only.)
 - Image sizes: 2048 x 2048, except TS5 and TS6 at 1920 x 1080 (options). Test frame rates:
   TS1-TS4 25 fps, TS5-TS6 50 fps (options; the train fps is read from the file).
 - ``valid`` becomes the ``valid`` column (train frames are all valid). Non-finite values are
@@ -57,6 +60,7 @@ class Options(AdapterOptions):
         "TS5": (1920, 1080), "TS6": (1920, 1080)})
     test_fps: dict[str, float] = Field(default_factory=lambda: {
         "TS1": 25.0, "TS2": 25.0, "TS3": 25.0, "TS4": 25.0, "TS5": 50.0, "TS6": 50.0})
+    target_unit_mm: float = Field(1000.0, gt=0)  # millimetres per normalised 3D target unit
 
 
 @dataclass
@@ -89,7 +93,7 @@ def convert(files: dict[str, Path], options: Options, dataset: str, skeleton: Sk
     while parts:
         name, videos = parts.pop(0)
         split = name.split("-")[0]
-        yield TablePart(name, _frames(videos, split, dataset))
+        yield TablePart(name, _frames(videos, split, dataset, options.target_unit_mm))
         del videos
 
 
@@ -180,7 +184,9 @@ def _test_videos(path: Path, options: Options) -> list[_Video]:
 
 
 def least_squares_scale(kp2d: np.ndarray, kp3d: np.ndarray, root: int) -> np.ndarray:
-    """Per-frame scale s (mm per px) minimising ``|s (uv - uv_root) - (xy - xy_root)|^2``; NaN if undefined."""
+    """Per-frame scale s (mm per px) minimising ``|s (uv - uv_root) - (xy - xy_root)|^2``; NaN if undefined.
+
+    Uses the 3D labels: for analysis only, never to decode predictions (an oracle on test data)."""
     a = kp2d - kp2d[:, root:root + 1]
     b = kp3d[..., :2] - kp3d[:, root:root + 1, :2]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -188,7 +194,13 @@ def least_squares_scale(kp2d: np.ndarray, kp3d: np.ndarray, root: int) -> np.nda
     return np.where(np.isfinite(s) & (s > 0), s, np.nan)
 
 
-def _frames(videos: list[_Video], split: str, dataset: str) -> FrameColumns:
+def constant_factor(width: np.ndarray, target_unit_mm: float) -> np.ndarray:
+    """``factor_2_5d`` such that one normalised target unit is ``target_unit_mm`` (codec:
+    ``mm = t * factor_2_5d * width / 2``): a constant known without labels."""
+    return (2.0 * target_unit_mm / np.asarray(width, np.float64)).astype(np.float32)
+
+
+def _frames(videos: list[_Video], split: str, dataset: str, target_unit_mm: float) -> FrameColumns:
     lengths = np.array([v.kp2d.shape[0] for v in videos], np.int64)
 
     def per_row(key: str) -> np.ndarray:
@@ -197,16 +209,16 @@ def _frames(videos: list[_Video], split: str, dataset: str) -> FrameColumns:
     def stacked(key: str) -> np.ndarray:
         return np.concatenate([getattr(v, key) for v in videos])
 
-    root = get_format(FORMAT).target.root
     kp2d = stacked("kp2d").astype(np.float32)
     kp3d = stacked("kp3d").astype(np.float32)
+    width = per_row("width")
     return FrameColumns(
         dataset=dataset, split=split,
         subject=per_row("subject"), action=per_row("action"), video_id=per_row("video_id"),
         camera_id=per_row("camera_id"),
         frame=np.concatenate([np.arange(n, dtype=np.int32) for n in lengths]),
-        fps=per_row("fps"), width=per_row("width"), height=per_row("height"),
+        fps=per_row("fps"), width=width, height=per_row("height"),
         kp2d=kp2d, conf=stacked("conf"), kp3d=kp3d,
-        factor_2_5d=least_squares_scale(kp2d, kp3d, root),
+        factor_2_5d=constant_factor(width, target_unit_mm),
         valid=stacked("valid"),
     )

@@ -1,0 +1,156 @@
+"""The CMU real-motion benchmark behind the README's results table.
+
+Data and settings: ``profiles/cmu.yaml`` (both CMU files, one virtual camera per take, split by
+subject, takes with joint flips rejected). Arms, all through the CLI as a user runs them, scored
+on the test subjects (P1, P2, MPJVE, acceleration error, and P1 on the references' windows):
+
+=================  =========================================================================
+arm                what changes
+=================  =========================================================================
+no-frame-order     scratch, ``temporal_pos_emb: none`` (the reference's set-like backbone)
+scratch            scratch, learned frame embedding (the default)
+crl                CRL pretraining (FFN targets, a new mask per epoch), then finetuning
+scratch-10pct      scratch, 10% of the training videos keep their 3D labels
+crl-10pct          CRL pretraining, then finetuning with the same 10% of labels
+=================  =========================================================================
+
+Paired arms share seed, steps and data order. Every arm's best weights are kept under
+``<work>/arms/<arm>/``. Usage::
+
+    python benchmarks/cmu_benchmark.py [--work /tmp/dualpose-cmu] [--arms scratch crl ...]
+
+writes ``benchmarks/RESULTS-cmu.json`` and ``benchmarks/RESULTS-cmu.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiles" / "cmu.yaml"
+CMU = ROOT.parent / "shared" / "data" / "cmu"
+
+ARMS: dict[str, list[str]] = {
+    "no-frame-order": ["-o", "finetune.init=scratch", "-o", "model.overrides.temporal_pos_emb=none"],
+    "scratch": ["-o", "finetune.init=scratch"],
+    "crl": ["-o", "finetune.init=pretrained"],
+    "scratch-10pct": ["-o", "finetune.init=scratch", "-o", "finetune.label_fraction=0.1"],
+    "crl-10pct": ["-o", "finetune.init=pretrained", "-o", "finetune.label_fraction=0.1"],
+}
+NEEDS_PRETRAINING = {"crl", "crl-10pct"}
+METRICS = ("mpjpe_mm", "p_mpjpe_mm", "mpjve_mm_per_frame", "accel_error_mm_per_frame2")
+
+
+def work_params(work: Path) -> Path:
+    """profiles/cmu.yaml with absolute paths and the work folder as storage root."""
+    params = yaml.safe_load(PROFILE.read_text())
+    params["storage"]["root"] = str(work / "artifacts")
+    for key, rel in params["datasets"]["cmu"]["files"].items():
+        params["datasets"]["cmu"]["files"][key] = str((PROFILE.parent / rel).resolve())
+    path = work / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def run(cmd: list[str], log: Path) -> float:
+    start = time.perf_counter()
+    with log.open("a") as fh:
+        fh.write("$ " + " ".join(cmd) + "\n")
+        fh.flush()
+        subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT,
+                       env=dict(os.environ, DUALPOSE_PROGRESS="0"))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/dualpose-cmu"))
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    ap.add_argument("--epochs-10pct", type=int, default=10, help="finetuning epochs of the 10%%-label arms")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS-cmu")
+    args = ap.parse_args()
+    if not (CMU / "cmu_extra_train.npz").exists():
+        sys.exit(f"{CMU} lacks the CMU files: this benchmark reads ../shared/data/cmu")
+    args.work.mkdir(parents=True, exist_ok=True)
+    params = work_params(args.work)
+    for arm in ("scratch-10pct", "crl-10pct"):
+        ARMS[arm] = ARMS[arm] + ["-o", f"finetune.epochs={args.epochs_10pct}"]
+    log = args.work / "log.txt"
+    dp = [sys.executable, "-m", "dualpose.cli"]
+    p = ["-p", str(params)]
+    results_path = args.out.with_suffix(".json")
+    results = json.loads(results_path.read_text()) if results_path.exists() else {"arms": {}}
+    results["machine"] = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    results["profile"] = str(PROFILE.relative_to(ROOT))
+
+    artifacts = args.work / "artifacts"
+    if not (artifacts / "masked" / "cmu.parquet").exists():
+        results["data_seconds"] = sum(run(dp + [stage, "cmu"] + p, log) for stage in ("prepare", "clips", "mask"))
+    results["manifest"] = json.loads((artifacts / "tables" / "cmu" / "manifest.json").read_text())
+    if NEEDS_PRETRAINING & set(args.arms) and not (artifacts / "models" / "pretrain" / "model.safetensors").exists():
+        results["pretrain_seconds"] = run(dp + ["pretrain", "--fresh"] + p, log)
+        results["pretrain"] = json.loads((artifacts / "models" / "pretrain" / "metrics.json").read_text())
+    for arm in args.arms:
+        record = {"overrides": ARMS[arm]}
+        record["finetune_seconds"] = run(dp + ["finetune", "--fresh"] + p + ARMS[arm], log)
+        record["finetune"] = json.loads((artifacts / "models" / "finetune" / "metrics.json").read_text())
+        record["evaluate_seconds"] = run(dp + ["evaluate"] + p + ARMS[arm], log)
+        metrics = json.loads((artifacts / "eval" / "cmu" / "metrics.json").read_text())
+        record["test"] = {k: metrics.get(k) for k in METRICS}
+        record["test"]["reference_windows_mpjpe_mm"] = metrics.get("reference_windows", {}).get("mpjpe_mm")
+        keep = args.work / "arms" / arm
+        if keep.exists():
+            shutil.rmtree(keep)
+        shutil.copytree(artifacts / "models" / "finetune", keep)
+        shutil.copy(artifacts / "eval" / "cmu" / "metrics.json", keep / "test-metrics.json")
+        results["arms"][arm] = record
+        results_path.write_text(json.dumps(results, indent=1))
+        print(arm, json.dumps(record["test"]), flush=True)
+    write_markdown(results, args.out.with_suffix(".md"), args)
+
+
+def write_markdown(results: dict, path: Path, args) -> None:
+    m = results["manifest"]
+    notes = m.get("notes", {})
+    lines = [
+        "# CMU real-motion benchmark",
+        "",
+        f"Written by `benchmarks/cmu_benchmark.py` from `{path.with_suffix('.json').name}`; every figure was "
+        "measured by that script on this machine: " + results["machine"] + ".",
+        "",
+        f"Data (`{results['profile']}`): {m['rows']} frames in {m['videos']} videos "
+        f"({', '.join(f'{k} {v}' for k, v in m['splits'].items())}); "
+        f"{notes.get('rejected_sequences', 0)} takes rejected for joint flips faster than "
+        f"{notes.get('max_joint_speed_ms')} m/s ({', '.join(notes.get('rejected_names', []))}).",
+        "",
+        "| arm | P1 mm | P2 mm | MPJVE mm/frame | accel. error mm/frame² | P1, references' windows | "
+        "finetune steps | finetune min |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, r in results["arms"].items():
+        t = r["test"]
+        lines.append(f"| {arm} | {t['mpjpe_mm']:.1f} | {t['p_mpjpe_mm']:.1f} | {t['mpjve_mm_per_frame']:.2f} | "
+                     f"{t['accel_error_mm_per_frame2']:.2f} | {t['reference_windows_mpjpe_mm']:.1f} | "
+                     f"{r['finetune']['steps']} | {r['finetune_seconds'] / 60:.1f} |")
+    if "pretrain_seconds" in results:
+        lines += ["", f"CRL pretraining: {results['pretrain']['steps']} steps in "
+                      f"{results['pretrain_seconds'] / 60:.1f} min (shared by the crl arms)."]
+    lines += ["", "Command:", "", "```bash",
+              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python benchmarks/cmu_benchmark.py "
+              f"--epochs-10pct {args.epochs_10pct} --arms {' '.join(results['arms'])}", "```", ""]
+    path.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
