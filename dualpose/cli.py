@@ -7,17 +7,43 @@ Training commands run in the current process; start them under ``accelerate laun
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from dualpose.errors import DualPoseError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value, a missing argument) as one ``error:`` line, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itself
+            from typer._click.exceptions import UsageError
+        except ImportError:  # pragma: no cover - older typer
+            from click import UsageError
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "dualpose"
+            typer.secho(f"error: {command}: {exc.format_message()}", fg=typer.colors.RED, err=True)
+            code = 2
+        except typer.Abort:
+            typer.secho("aborted", fg=typer.colors.RED, err=True)
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_OneLineErrors,
                   help="DualPose: 3D human pose lifting with CRL pretraining.")
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="Parameters file (params.yaml).")
@@ -33,14 +59,46 @@ def _context(params_path: Path, overrides: list[str] | None):
     return params, Layout.from_root(params.storage.root, base=base), base
 
 
+def error_line(exc: BaseException) -> str:
+    """One line saying what went wrong and where (file, field), for any exception."""
+    if isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])
+    elif isinstance(exc, OSError) and not isinstance(exc, DualPoseError) and exc.strerror:
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        hint = {errno.ENOSPC: " (the disk is full)", errno.EROFS: " (read-only file system)",
+                errno.EACCES: " (no permission)", errno.ENOTDIR: " (a file is where a folder is expected)",
+                errno.EISDIR: " (a folder is where a file is expected)",
+                errno.EEXIST: " (a file is where a folder is expected)"}.get(exc.errno or 0, "")
+        text = f"{where}: {exc.strerror}{hint}" if where else f"{exc.strerror}{hint}"
+    elif isinstance(exc, MemoryError):
+        text = "out of memory (the input asks for more than this machine has)"
+    elif isinstance(exc, RecursionError):
+        text = "input nested too deeply"
+    else:
+        text = str(exc) or type(exc).__name__
+        if not isinstance(exc, (DualPoseError, ValueError, OSError)):
+            text = f"{type(exc).__name__}: {text} (set DUALPOSE_DEBUG=1 for the traceback)"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")) if lines else type(exc).__name__
+
+
 def _run(fn):
-    """Run a command body; print library errors plainly (no traceback) and exit 2."""
+    """Run a command body; print any error as one line (no traceback) and exit 2.
+
+    ``DUALPOSE_DEBUG=1`` lets unexpected errors raise with their traceback instead.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return fn()
-    except (DualPoseError, FileNotFoundError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except KeyboardInterrupt:
+        typer.secho("interrupted", fg=typer.colors.RED, err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # every failure ends as one plain line, exit 2
+        if os.environ.get("DUALPOSE_DEBUG") and not isinstance(exc, DualPoseError):
+            raise
+        typer.secho(f"error: {error_line(exc)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
 
 
@@ -86,6 +144,19 @@ def prepare(datasets: Optional[list[str]] = typer.Argument(None, help="Data sets
             result = prepare_dataset(params, name, layout, base)
             typer.echo(f"{name}: {result.rows} frames in {len(result.parts)} tables, {result.videos} videos "
                        f"({', '.join(f'{k} {v}' for k, v in result.splits.items())}) -> {result.folder}")
+    _run(body)
+
+
+@app.command()
+def fetch(datasets: Optional[list[str]] = typer.Argument(None, help="Data sets (default: every enabled one)."),
+          params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt):
+    """Download (if needed) raw files and link them under raw/<dataset>/sources (what DVC tracks)."""
+    def body():
+        from dualpose.data.prepare import link_sources
+
+        params, layout, base = _context(params_path, overrides)
+        for name in _datasets(params, datasets):
+            typer.echo(f"{name}: raw files -> {link_sources(params, name, layout, base)}")
     _run(body)
 
 
@@ -153,10 +224,13 @@ def evaluate(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Ove
     """Evaluate the finetuned lifter: P1, P2, N-MPJPE, MPJVE, accel, per action/joint, PCK/AUC."""
     def body():
         from dualpose.eval.evaluate import run_evaluation
+        from dualpose.io.weights_check import check_weights_config
         from dualpose.registry import resolve_weights
 
         params, layout, base = _context(params_path, overrides)
         chosen = str(resolve_weights(params.storage.root, weights, base)) if weights == "champion" else weights
+        folder = layout.model("finetune") / chosen if chosen in ("best", "last") else Path(chosen)
+        check_weights_config(folder)  # a config asking for a huge model is refused before it is built
         result = run_evaluation(params, layout, weights=chosen, split=split)
         typer.echo(f"evaluation of {params.train_dataset} ({split})")
         _echo_evaluation(result)
@@ -214,6 +288,7 @@ def predict(keypoints: Path = typer.Argument(..., help="Detector output: a JSON 
 
             root = load_params(params_path).storage.root if params_path.is_file() else "artifacts"
             chosen = resolve_weights(root, "champion", params_path.resolve().parent)
+        _check_predict_options(keypoints, out, fmt, Path(chosen), width, height, fps, subject_height_mm)
         result = lift_keypoints_file(keypoints, chosen, fmt, width, height, fps, subject_height_mm, flip)
         save_prediction(result, out)
         typer.echo(f"{len(result['poses_3d'])} frames -> {out} (poses_3d: normalised, poses_3d_mm: scaled to a "
@@ -328,6 +403,41 @@ def weights_package(source: Path = typer.Argument(..., help="Trained weights fol
         file = folder / "model.safetensors"
         typer.echo(f"{source} -> {folder} ({file.stat().st_size / 1e6:.2f} MB, sha256 {sha256_file(file)})")
     _run(body)
+
+
+def _check_predict_options(keypoints: Path, out: Path, fmt: str, weights: Path, width: int | None,
+                           height: int | None, fps: float, subject_height_mm: float) -> None:
+    """Refuse bad ``predict`` options before any work, naming the option."""
+    import math
+
+    from dualpose.errors import ConfigError
+
+    formats = ("coco17", "halpe26", "blazepose33")
+
+    if not keypoints.is_file():
+        raise ConfigError(f"{keypoints}: KEYPOINTS: no such file" + (" (it is a folder)" if keypoints.is_dir() else ""))
+    if fmt not in formats:
+        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(formats)}")
+    for name, value in (("--width", width), ("--height", height)):
+        if value is not None and not 0 < value <= 100_000:
+            raise ConfigError(f"{name} {value}: expected an image size in pixels, 1 to 100000")
+    if not (math.isfinite(fps) and 0 < fps <= 10_000):
+        raise ConfigError(f"--fps {fps}: expected a finite frame rate > 0")
+    if not (math.isfinite(subject_height_mm) and 300 <= subject_height_mm <= 3000):
+        raise ConfigError(f"--subject-height-mm {subject_height_mm}: expected a stature in millimetres, 300 to 3000")
+    if out.suffix.lower() != ".npz":
+        raise ConfigError(f"--out {out}: expected a file name ending in .npz")
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; expected a file name ending in .npz")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
+    if out.resolve() == keypoints.resolve():
+        raise ConfigError(f"--out {out}: would overwrite the input keypoints")
+    if not weights.exists():
+        raise ConfigError(f"--weights {weights}: no such weights folder (train one with `dualpose finetune`)")
 
 
 @app.command("model-info")

@@ -9,19 +9,33 @@ from __future__ import annotations
 
 import logging
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dualpose.errors import ConfigError
+from dualpose.io.names import check_name
+from dualpose.io.safe_yaml import safe_yaml
 
 log = logging.getLogger(__name__)
 
 
+def _admits_bool(annotation: Any) -> bool:
+    return annotation is bool or annotation is Any or any(_admits_bool(a) for a in typing.get_args(annotation))
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Floats must be finite; a YAML ``true`` is never taken as the number 1.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and not _admits_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, not the boolean {value}")
+        return value
 
 
 class DatasetConfig(Section):
@@ -38,6 +52,13 @@ class DatasetConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
 
+    @field_validator("files", "sha256")
+    @classmethod
+    def _file_keys_are_names(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        for key in value:
+            check_name(key, f"{info.field_name} key")
+        return value
+
 
 class SplitConfig(Section):
     """How training data is divided into train and validation (test comes from the source)."""
@@ -49,8 +70,8 @@ class SplitConfig(Section):
 
 class ClipConfig(Section):
     length: int = Field(27, ge=1)  # T
-    train_stride: int | None = None  # default T // 3
-    test_stride: int | None = None  # default T
+    train_stride: int | None = Field(None, ge=1)  # default T // 3
+    test_stride: int | None = Field(None, ge=1)  # default T
     min_length: int = Field(1, ge=1)  # shorter videos are dropped; [min_length, T) resampled to T
     splits: SplitConfig = Field(default_factory=SplitConfig)
 
@@ -77,73 +98,73 @@ class ModelConfig(Section):
 
 class OptimConfig(Section):
     name: Literal["adamw", "adam"] = "adamw"
-    lr: float = 5e-4
-    weight_decay: float = 0.01
+    lr: float = Field(5e-4, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
     amsgrad: bool = False
-    lr_decay: float = 0.99  # per epoch
-    grad_clip: float | None = 1.0
+    lr_decay: float = Field(0.99, gt=0.0, le=1.0)  # per epoch
+    grad_clip: float | None = Field(1.0, gt=0.0)
 
 
 class PretrainConfig(Section):
-    epochs: int = 60
-    batch_size: int = 64
-    grad_accum: int = 1
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    top_k_blocks: int = 6  # K: targets average the last K teacher blocks
+    top_k_blocks: int = Field(6, ge=1)  # K: targets average the last K teacher blocks (<= model depth)
     # What of each top-K teacher block is a target: "ffn" = its feed-forward output before layer
     # scale and the last residual connection (data2vec), or "output" = the post-residual block
     # output (under layer scale 1e-5 ~99% the token's own input: near masked 2D reconstruction).
     target: Literal["ffn", "output"] = "ffn"
     target_norm: Literal["instance", "layer"] = "instance"
     fresh_masks: bool = True  # a new mask per (clip, epoch, view); false: the same masks every epoch
-    ema_start: float = 0.999
-    ema_end: float = 0.9999
-    ema_ramp_fraction: float = 0.3  # of all optimiser steps
-    flip_probability: float = 0.5
-    collapse_variance: float = 0.1  # normalised target variance below this (3 logs running) is a collapse
+    ema_start: float = Field(0.999, ge=0.0, le=1.0)
+    ema_end: float = Field(0.9999, ge=0.0, le=1.0)
+    ema_ramp_fraction: float = Field(0.3, ge=0.0, le=1.0)  # of all optimiser steps
+    flip_probability: float = Field(0.5, ge=0.0, le=1.0)
+    collapse_variance: float = Field(0.1, ge=0.0)  # normalised target variance below this (3 logs running) is a collapse
     transductive_test_2d: bool = False
-    save_every_steps: int = 500
-    max_steps: int | None = None
-    num_workers: int = 0
+    save_every_steps: int = Field(500, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
 
 
 class LossWeights(Section):
-    mpjpe: float = 1.0
-    n_mpjpe: float = 0.5
-    velocity: float = 20.0
+    mpjpe: float = Field(1.0, ge=0.0)
+    n_mpjpe: float = Field(0.5, ge=0.0)
+    velocity: float = Field(20.0, ge=0.0)
 
 
 class FinetuneConfig(Section):
-    epochs: int = 60
-    batch_size: int = 16
-    grad_accum: int = 1
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: LossWeights = Field(default_factory=LossWeights)
-    flip_probability: float = 0.5
+    flip_probability: float = Field(0.5, ge=0.0, le=1.0)
     label_fraction: float = Field(1.0, gt=0.0, le=1.0)  # of training videos with 3D labels
     init: Literal["pretrained", "scratch"] = "pretrained"
     # "validation": the epoch with the lowest validation MPJPE is best/; "last": no validation
     # hold-out needed (train on every training subject), best/ is the last epoch
     select: Literal["validation", "last"] = "validation"
-    save_every_steps: int = 500
-    max_steps: int | None = None
-    num_workers: int = 0
+    save_every_steps: int = Field(500, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
 
 
 class EvaluateConfig(Section):
     flip_tta: bool = True
-    batch_size: int = 32
+    batch_size: int = Field(32, ge=1)
     # "average": overlapping windows averaged (Human3.6M); "centre": each frame at the centre of
     # its own window (MPI-INF-3DHP); "auto" picks by the data set's adapter.
     mode: Literal["auto", "average", "centre"] = "auto"
-    stride: int | None = None  # window stride in "average" mode; default clips.test_stride
+    stride: int | None = Field(None, ge=1)  # window stride in "average" mode; default clips.test_stride
     per_action: bool = True  # average per action, then across actions (Human3.6M protocol)
     # also score the references' test clips (non-overlapping T windows, tails dropped) in average mode
     reference_windows: bool = True
-    pck_threshold_mm: float = 150.0
-    auc_max_mm: float = 150.0
-    auc_step_mm: float = 5.0
-    max_mpjpe_mm: float | None = None  # asset check: fail when worse
+    pck_threshold_mm: float = Field(150.0, gt=0.0)
+    auc_max_mm: float = Field(150.0, gt=0.0)
+    auc_step_mm: float = Field(5.0, gt=0.0)
+    max_mpjpe_mm: float | None = Field(None, gt=0.0)  # asset check: fail when worse
     # video-id patterns left out of the scores; empty: the three corrupted S9 videos for Human3.6M
     excluded_videos: list[str] = Field(default_factory=list)
 
@@ -177,18 +198,41 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _train_dataset_known(self) -> "Params":
+        for name in self.datasets:
+            check_name(name, "datasets key")
+        check_name(self.train_dataset, "train_dataset")
+        check_name(self.skeleton, "skeleton")
         if self.datasets and self.train_dataset not in self.datasets:
             raise ValueError(
                 f"train_dataset {self.train_dataset!r} is not one of the datasets {sorted(self.datasets)}"
             )
+        depth = _model_depth(self.model)
+        if depth is not None and self.pretrain.top_k_blocks > depth:
+            raise ValueError(f"pretrain.top_k_blocks {self.pretrain.top_k_blocks} exceeds the model depth {depth} "
+                             f"(model.variant {self.model.variant!r} with overrides {self.model.overrides})")
         return self
 
     def enabled_datasets(self) -> dict[str, DatasetConfig]:
         return {k: v for k, v in self.datasets.items() if v.enabled}
 
 
+def _model_depth(model: ModelConfig) -> int | None:
+    """The depth the model section asks for, or None when it cannot be told here (the model check decides)."""
+    depth = model.overrides.get("depth")
+    if depth is None:
+        try:
+            from dualpose.model.config import VARIANTS
+
+            depth = VARIANTS[model.variant]["depth"]
+        except (ImportError, KeyError, TypeError):
+            return None
+    return depth if isinstance(depth, int) and not isinstance(depth, bool) else None
+
+
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
+    if not all(k.strip() for k in keys):
+        raise ConfigError(f"override {dotted!r}: empty key; expected KEY.SUB=VALUE, e.g. finetune.epochs=3")
     node = data
     for key in keys[:-1]:
         node = node.setdefault(key, {})
@@ -203,18 +247,22 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. finetune.epochs=3")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        _set_dotted(data, key.strip(), safe_yaml(raw, f"override -o {item}"))
     return data
 
 
-def params_from_dict(data: dict, source: str = "<dict>") -> Params:
+def params_from_dict(data: dict, source: str = "<dict>", overrides: list[str] | None = None) -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
+        given = {o.split("=", 1)[0].strip(): o for o in overrides or [] if "=" in o}
         lines = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-            lines.append(f"  {loc}: {err['msg']}")
+            origin = next((f" (from -o {o})" for k, o in given.items() if loc == k or loc.startswith(k + ".")), "")
+            got = err.get("input")
+            shown = f", got {got!r}" if isinstance(got, (int, float, str, bool)) or got is None else ""
+            lines.append(f"  {loc}: {err['msg'].removeprefix('Value error, ')}{shown}{origin}")
         raise ConfigError(f"{source}: invalid parameters:\n" + "\n".join(lines)) from None
 
 
@@ -249,12 +297,15 @@ def load_params(path: str | os.PathLike = "params.yaml", overrides: list[str] | 
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"{path}: parameters file not found")
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder; expected a parameters file (params.yaml)")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        data = safe_yaml(text, str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     apply_overrides(data, overrides)
     _reset_size_on_variant_change(data, overrides, str(path))
-    return params_from_dict(data, str(path))
+    return params_from_dict(data, str(path), overrides)

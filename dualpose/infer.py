@@ -12,6 +12,7 @@ the model, with flip test-time augmentation. What comes out:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ from dualpose.skeleton import Skeleton, get_skeleton
 # ankle -> knee -> hip -> pelvis -> spine -> thorax -> neck -> head top is about 0.93 of standing
 # height (the rest is the foot below the ankle and the skull above the head-top joint).
 CHAIN_TO_STATURE = 0.93
+LOW_CONFIDENCE = 0.3  # a frame whose mean joint confidence is below this is flagged in the output
+log = logging.getLogger(__name__)
 _CHAIN = ("ankle", "knee", "hip", "pelvis", "spine", "thorax", "neck_nose", "head_top")
 
 
@@ -53,8 +56,17 @@ def lift_keypoints_file(path: str | Path, weights: str | Path, fmt: str = "coco1
     cols = frames.normalised(path, sk)
     codec = PoseCodec(sk)
     inputs = codec.encode_input(cols["kp2d"], cols["conf"], cols["width"], cols["height"])
+    from dualpose.errors import DataFormatError
+    from dualpose.io.weights_check import check_finite_weights, check_weights_config
+
+    check_weights_config(weights)
     model = load_weights(weights, skeleton=sk)
+    check_finite_weights(model, weights)
     model.eval()
+    low = cols["conf"].mean(axis=1) < LOW_CONFIDENCE
+    if low.any():
+        log.warning("%s: %d of %d frames have mean confidence < %g; they are flagged in 'low_confidence'",
+                    path, int(low.sum()), low.size, LOW_CONFIDENCE)
     T = window or model.spec.T
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
@@ -62,10 +74,15 @@ def lift_keypoints_file(path: str | Path, weights: str | Path, fmt: str = "coco1
 
     pred = predict_sequences(predictor, [inputs], T, max(1, T // 3), batch_size=batch_size)[0].astype(np.float32)
     pred = pred - pred[:, sk.root:sk.root + 1]
+    if not np.isfinite(pred).all():
+        raise DataFormatError(weights, "<output>", "finite 3D poses from these weights and inputs", "NaN/inf")
     chain = float(np.median(stature_chain(pred, sk)))
-    scale = subject_height_mm * CHAIN_TO_STATURE / chain if chain > 0 else np.nan
+    if not (np.isfinite(chain) and chain > 1e-6):
+        raise DataFormatError(weights, "<output>", "3D poses with a measurable stature",
+                              f"a degenerate skeleton (median ankle-to-head chain {chain:.3g})")
+    scale = subject_height_mm * CHAIN_TO_STATURE / chain
     return {"poses_3d": pred, "poses_3d_mm": pred * scale, "frame": cols["frame"], "kp2d": cols["kp2d"],
-            "conf": cols["conf"], "scale_mm_per_unit": np.float32(scale)}
+            "conf": cols["conf"], "scale_mm_per_unit": np.float32(scale), "low_confidence": low}
 
 
 def save_prediction(result: dict[str, np.ndarray], out: str | Path) -> Path:

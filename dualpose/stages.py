@@ -9,6 +9,7 @@ from __future__ import annotations
 from dualpose.config import Params
 from dualpose.data.clips import ClipIndex, build_clip_index
 from dualpose.data.schema import read_keypoint_table
+from dualpose.errors import DataFormatError
 from dualpose.layout import Layout
 
 
@@ -16,6 +17,10 @@ def build_clips(params: Params, layout: Layout, dataset: str) -> dict[str, int]:
     files = layout.table_files(dataset)
     arrays = read_keypoint_table(files)
     index = build_clip_index(arrays, params.clips, table_id=files)
+    if len(index) == 0:
+        raise DataFormatError(layout.tables(dataset), "clips.min_length / clips.length",
+                              f"videos of at least min_length={params.clips.min_length} frames to cut into clips of "
+                              f"T={params.clips.length}", f"0 clips from {arrays.num_frames} frames")
     index.save(layout.clips(dataset))
     return {**index.counts(), "clips": len(index), "frames": arrays.num_frames, "T": index.T}
 

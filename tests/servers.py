@@ -17,6 +17,7 @@ failure modes: ignore Range headers, cut the first responses short, or stall bef
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import logging
 import os
 import re
@@ -140,9 +141,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not file.is_relative_to(srv.root) or not file.is_file():
             self._empty(404)
             return
-        size = file.stat().st_size
+        stat = file.stat()
+        size = stat.st_size
+        etag, modified = validators_of(file)
         start, end, status = 0, size - 1, 200
         requested = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and if_range not in (etag, modified):
+            requested = None  # RFC 9110: the representation changed, send it whole
         if requested and not srv.ignore_range:
             match = re.fullmatch(r"bytes=(\d+)-(\d*)", requested.strip())
             if match:
@@ -157,6 +163,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "none" if srv.ignore_range else "bytes")
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", modified)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.send_header("Connection", "close")
@@ -181,6 +189,12 @@ class _Handler(BaseHTTPRequestHandler):
         if drop:  # cut the connection mid-body, as a flaky network would
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
+
+
+def validators_of(file: Path) -> tuple[str, str]:
+    """The (ETag, Last-Modified) the file server sends for ``file``: they change whenever it does."""
+    stat = Path(file).stat()
+    return f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"', email.utils.formatdate(stat.st_mtime, usegmt=True)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import pytest
 from dualpose.errors import ConfigError, DownloadError
 from dualpose.io import download
 from dualpose.io.download import cache_path, fetch, normalise_sha256, resolve, resolve_dataset_files, sha256_file
-from tests.servers import closed_port, create_bucket, http_file_server, moto_s3
+from tests.servers import closed_port, create_bucket, http_file_server, moto_s3, validators_of
 
 SIZE = 2_500_000  # a few chunks of download.CHUNK_SIZE
 CUT = 1_000_000  # where the flaky server cuts a transfer
@@ -40,6 +40,11 @@ def site(tmp_path, payload) -> Path:
     (root / "data.bin").write_bytes(payload)
     (root / "sub" / "small.txt").write_text("hello\n")
     return root
+
+
+def record_validators(part: Path, url: str, etag: str | None, modified: str | None, size: int | None) -> None:
+    """What fetch notes when a download begins; a part without it is never resumed."""
+    download._write_meta(part, url, etag, modified, size)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -153,9 +158,20 @@ def test_server_ignoring_range_restarts_from_zero(site, tmp_path, payload, diges
     dest = tmp_path / "data.bin"
     (tmp_path / "data.bin.part").write_bytes(b"stale bytes from another attempt")
     with http_file_server(site, ignore_range=True) as server:
+        record_validators(tmp_path / "data.bin.part", server.url_for("data.bin"), *validators_of(site / "data.bin"),
+                          SIZE)
         fetch(server.url_for("data.bin"), dest, digest)
     assert dest.read_bytes() == payload
     assert [(r.range, r.status) for r in server.gets()] == [("bytes=32-", 200)]
+
+
+def test_part_without_validators_restarts_from_zero(site, tmp_path, payload, digest):
+    dest = tmp_path / "data.bin"
+    (tmp_path / "data.bin.part").write_bytes(b"bytes of unknown origin")
+    with http_file_server(site) as server:
+        fetch(server.url_for("data.bin"), dest, digest)
+    assert dest.read_bytes() == payload
+    assert [(r.range, r.status) for r in server.gets()] == [(None, 200)]
 
 
 def test_server_ignoring_range_after_an_interruption(site, tmp_path, payload, digest):
@@ -173,6 +189,8 @@ def test_complete_part_file_is_finished_without_download(site, tmp_path, payload
     dest = tmp_path / "data.bin"
     (tmp_path / "data.bin.part").write_bytes(payload)  # e.g. killed between download and rename
     with http_file_server(site) as server:
+        record_validators(tmp_path / "data.bin.part", server.url_for("data.bin"), *validators_of(site / "data.bin"),
+                          SIZE)
         fetch(server.url_for("data.bin"), dest, digest)
     assert dest.read_bytes() == payload
     assert [(r.range, r.status, r.body_bytes) for r in server.gets()] == [(f"bytes={SIZE}-", 416, 0)]
@@ -296,11 +314,16 @@ def test_s3_resume_reads_only_the_missing_range(s3, tmp_path, payload, digest):
     # result would equal the payload; a ranged read from the part's end keeps the foreign prefix.
     dest = tmp_path / "data.bin"
     part = tmp_path / "data.bin.part"
+    url = "s3://raw-data/v1/data.bin"
+    info = download._fsspec_for(url, {"endpoint_url": s3}).info(url)
+    validators = (str(info.get("ETag")), str(info.get("LastModified")), info["size"])
     part.write_bytes(b"\0" * CUT)
-    fetch("s3://raw-data/v1/data.bin", dest, storage_options={"endpoint_url": s3})
+    record_validators(part, url, *validators)
+    fetch(url, dest, storage_options={"endpoint_url": s3})
     assert dest.read_bytes() == b"\0" * CUT + payload[CUT:]
     # With a digest the same foreign prefix is caught, removed, and the next call starts afresh.
     part.write_bytes(b"\0" * CUT)
+    record_validators(part, url, *validators)
     with pytest.raises(DownloadError, match="sha256 mismatch"):
         fetch("s3://raw-data/v1/data.bin", dest, digest, force=True, storage_options={"endpoint_url": s3})
     assert not part.exists()

@@ -55,7 +55,7 @@ def test_repro_metrics_plots_and_remotes(clone, tmp_path):
     repo, env = clone
     _run(dvc("repro"), repo, env)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "clips", "mask", "pretrain", "finetune", "evaluate"}
+    assert set(lock["stages"]) == {"fetch", "prepare", "clips", "mask", "pretrain", "finetune", "evaluate"}
     metrics = json.loads(_run(dvc("metrics", "show", "--json"), repo, env).stdout)
     flat = json.dumps(metrics)
     assert "mpjpe_mm" in flat and "best_val_mpjpe_mm" in flat

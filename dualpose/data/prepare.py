@@ -67,6 +67,30 @@ def resolve_files(name: str, cfg: DatasetConfig, layout: Layout, base_dir: Path)
     return resolve_dataset_files(cfg.files, cfg.sha256, layout.raw(name), base_dir=base_dir)
 
 
+SOURCES = "sources"
+
+
+def link_sources(params: Params, name: str, layout: Layout, base_dir: Path | str = ".") -> Path:
+    """Resolve (download) a data set's raw files and link them from ``raw/<dataset>/sources/<key>``.
+
+    DVC cannot list the files of a ``files`` map in ``dvc.yaml``; the prepare stage depends on
+    this folder instead, and DVC hashes through the links, so ``dvc status`` sees a changed raw
+    file. ``files.json`` records the configured locations (the folder is never empty).
+    """
+    if name not in params.datasets:
+        raise ConfigError(f"unknown data set {name!r}; params.yaml defines {sorted(params.datasets)}")
+    cfg = params.datasets[name]
+    files = resolve_files(name, cfg, layout, Path(base_dir)) if cfg.files or get_adapter(cfg.adapter).REQUIRED_FILES \
+        else {}
+    target = layout.raw(name) / SOURCES
+    with atomic_dir(target) as tmp:
+        (tmp / "files.json").write_text(json.dumps({"adapter": cfg.adapter, "files": dict(sorted(cfg.files.items()))},
+                                                   indent=2))
+        for key, path in files.items():
+            (tmp / key).symlink_to(Path(path).resolve())
+    return target
+
+
 def prepare_dataset(params: Params, name: str, layout: Layout, base_dir: Path | str = ".") -> PreparedDataset:
     if name not in params.datasets:
         raise ConfigError(f"unknown data set {name!r}; params.yaml defines {sorted(params.datasets)}")

@@ -134,11 +134,20 @@ class FrameColumns:
         return out
 
 
+MAX_IMAGE_SIDE_PX = 100_000  # larger image sizes are taken for corrupt input, not a camera
+MAX_FPS = 10_000.0
+MAX_OUTSIDE_IMAGE = 10.0  # 2D keypoints at most this many image widths/heights outside the image
+MAX_ABS_MM = 1e6  # 3D joints beyond 1 km from the camera are corrupt
+
+
 def _check_values(source, cols: dict[str, np.ndarray]) -> None:
     if (cols["width"] <= 0).any() or (cols["height"] <= 0).any():
         raise DataFormatError(source, "width/height", "positive image sizes in pixels")
-    if not np.isfinite(cols["fps"]).all() or (cols["fps"] <= 0).any():
-        raise DataFormatError(source, "fps", "a positive, finite frame rate")
+    if (cols["width"] > MAX_IMAGE_SIDE_PX).any() or (cols["height"] > MAX_IMAGE_SIDE_PX).any():
+        raise DataFormatError(source, "width/height", f"image sizes of at most {MAX_IMAGE_SIDE_PX} pixels",
+                              f"{int(max(cols['width'].max(), cols['height'].max()))}")
+    if not np.isfinite(cols["fps"]).all() or (cols["fps"] <= 0).any() or (cols["fps"] > MAX_FPS).any():
+        raise DataFormatError(source, "fps", f"a positive, finite frame rate (at most {MAX_FPS:g})")
     conf = cols["conf"]
     if not np.isfinite(conf).all() or (conf < 0).any() or (conf > 1).any():
         raise DataFormatError(source, "conf", "finite confidences in [0, 1]")
@@ -149,8 +158,30 @@ def _check_values(source, cols: dict[str, np.ndarray]) -> None:
             source, "kp2d", "finite 2D keypoints wherever confidence > 0 (missing joints: NaN with confidence 0)",
             f"NaN/inf at frame row {row}",
         )
+    with np.errstate(invalid="ignore"):
+        side = np.maximum(cols["width"], cols["height"]).astype(np.float64).reshape(-1, 1, 1)
+        seen = (conf > 0)[..., None]  # joints with confidence 0 are missing: their coordinates are not used
+        far = ((np.abs(cols["kp2d"]) > MAX_OUTSIDE_IMAGE * side) & seen).any(axis=(1, 2))
+    if far.any():
+        row = int(np.argmax(far))
+        raise DataFormatError(source, "kp2d", f"pixel coordinates within {MAX_OUTSIDE_IMAGE:g} image sizes of the image "
+                              "wherever confidence > 0",
+                              f"{float(np.nanmax(np.abs(cols['kp2d'][row]))):.3g} px at frame row {row}")
     kp3d = cols["kp3d"]
+    with np.errstate(invalid="ignore"):
+        huge = (np.abs(kp3d) > MAX_ABS_MM).any(axis=(1, 2))
+    if huge.any():
+        row = int(np.argmax(huge))
+        raise DataFormatError(source, "kp3d", f"millimetre coordinates within {MAX_ABS_MM:g} mm of the camera",
+                              f"{float(np.nanmax(np.abs(kp3d[row]))):.3g} mm at frame row {row}")
     has3d = np.isfinite(kp3d).all(axis=(1, 2))
+    if has3d.any():
+        posed = kp3d[has3d]
+        flat = (posed.max(axis=1) - posed.min(axis=1)).max(axis=-1) <= 0  # every joint at one point
+        if flat.any():
+            row = int(np.flatnonzero(has3d)[np.argmax(flat)])
+            raise DataFormatError(source, "kp3d", "3D poses whose joints are not all at one point",
+                                  f"a collapsed (e.g. all-zero) skeleton at frame row {row}")
     partial = ~has3d & ~np.isnan(kp3d).all(axis=(1, 2))
     if partial.any():
         row = int(np.argwhere(partial)[0, 0])
@@ -336,8 +367,13 @@ def _dict_codes(col: pa.ChunkedArray, path, name) -> tuple[np.ndarray, list[str]
     return codes, dictionary
 
 
-def read_keypoint_table(path: str | os.PathLike | list, filesystem=None) -> KeypointArrays:
-    """Read one table (or several with the same skeleton, concatenated) into :class:`KeypointArrays`."""
+def read_keypoint_table(path: str | os.PathLike | list, filesystem=None, verify: bool = True) -> KeypointArrays:
+    """Read one table (or several with the same skeleton, concatenated) into :class:`KeypointArrays`.
+
+    ``verify`` (default) checks the values the schema promises (finite where it says finite, no
+    nulls) and raises :class:`DataFormatError` naming the file; data-quality checks that measure
+    how damaged a table is read with ``verify=False``.
+    """
     paths = path if isinstance(path, (list, tuple)) else [path]
     tables = []
     for p in paths:
@@ -352,7 +388,10 @@ def read_keypoint_table(path: str | os.PathLike | list, filesystem=None) -> Keyp
         name = meta.get(b"dualpose.skeleton", b"").decode() or None
         if name is None:
             raise DataFormatError(p, "schema metadata dualpose.skeleton", "a DualPose keypoint table")
-        sk = get_skeleton(name)
+        try:
+            sk = get_skeleton(name)
+        except KeyError as exc:
+            raise DataFormatError(p, "schema metadata dualpose.skeleton", "a known skeleton", repr(name)) from exc
         if skeleton is not None and sk != skeleton:
             raise DataFormatError(p, "schema metadata dualpose.skeleton", f"skeleton {skeleton.name}", name)
         skeleton = sk
@@ -370,10 +409,15 @@ def read_keypoint_table(path: str | os.PathLike | list, filesystem=None) -> Keyp
     for name in STRING_COLUMNS:
         codes[name], cats[name] = _dict_codes(table.column(name), src, name)
 
+    for p, t in tables if verify else ():
+        for name in t.column_names:
+            if t.column(name).null_count:
+                raise DataFormatError(p, name, "no missing (null) values", f"{t.column(name).null_count} nulls")
+
     def num(name, dtype):
         return table.column(name).to_numpy().astype(dtype, copy=False)
 
-    return KeypointArrays(
+    arrays = KeypointArrays(
         codes=codes,
         categories=cats,
         frame=num("frame", np.int32),
@@ -390,3 +434,12 @@ def read_keypoint_table(path: str | os.PathLike | list, filesystem=None) -> Keyp
         cam_translation=_fixed_to_numpy(table.column("cam_translation"), (3,), src, "cam_translation"),
         skeleton=skeleton,
     )
+    # Our own tables are verified too: what the schema promises (finite where it says finite)
+    # is what every reader downstream relies on.
+    start = 0
+    for p, t in tables if verify else ():  # per file, so that the error names the damaged one
+        rows = slice(start, start + t.num_rows)
+        start += t.num_rows
+        _check_values(p, {"width": arrays.width[rows], "height": arrays.height[rows], "fps": arrays.fps[rows],
+                          "conf": arrays.conf[rows], "kp2d": arrays.kp2d[rows], "kp3d": arrays.kp3d[rows]})
+    return arrays

@@ -2,7 +2,12 @@
 
 * :func:`fetch` downloads one URL to a chosen file: streamed in chunks into ``<name>.part``,
   resumed with a ranged request after an interruption, checked against a sha256, then renamed
-  into place, so the final name never holds half a file.
+  into place, so the final name never holds half a file. A resume is conditional: the part's
+  validators (ETag / Last-Modified, kept in ``<name>.part.json``) go with the request as
+  ``If-Range`` (HTTP) or are compared with the object's (S3); a changed or unvalidated source
+  restarts from byte 0, so old and new bytes are never spliced. A body larger than
+  ``max_bytes`` (default :data:`DEFAULT_MAX_BYTES`, or ``DUALPOSE_MAX_DOWNLOAD_BYTES``) stops the
+  transfer with an error.
 * :func:`resolve` gives a local path for a location: local files are used where they are (checked,
   never copied); remote ones are downloaded once into a cache folder under a stable name.
 * :func:`resolve_dataset_files` does that for the ``datasets.<name>.files`` map of params.yaml.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import posixpath
 import re
@@ -40,11 +46,64 @@ DEFAULT_TIMEOUT_S = 30.0  # per network operation (connect, or one read), not th
 DEFAULT_RETRIES = 2  # extra attempts after an interrupted transfer or a timeout
 RETRY_BACKOFF_S = 0.5  # doubled after each failed attempt
 USER_AGENT = "dualpose-download/1"
+DEFAULT_MAX_BYTES = 256 << 30  # 256 GiB: larger than any supported data set file
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class _Transient(Exception):
     """An attempt failed in a way that another attempt (resuming) may fix."""
+
+
+def max_download_bytes(value: int | None = None) -> int:
+    """The size limit: ``value``, else ``DUALPOSE_MAX_DOWNLOAD_BYTES``, else :data:`DEFAULT_MAX_BYTES`."""
+    if value is None:
+        env = os.environ.get("DUALPOSE_MAX_DOWNLOAD_BYTES")
+        if env is None:
+            return DEFAULT_MAX_BYTES
+        if not env.strip().isdigit() or int(env) < 1:
+            raise ConfigError(f"DUALPOSE_MAX_DOWNLOAD_BYTES={env!r}: expected a positive number of bytes")
+        return int(env)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"max_bytes {value!r}: expected a positive number of bytes")
+    return value
+
+
+def _too_large(url: str, limit: int, size: int | str) -> DownloadError:
+    return DownloadError(f"{url}: larger than the download limit of {limit} bytes (got {size}); raise it with "
+                         "DUALPOSE_MAX_DOWNLOAD_BYTES if the file is genuine; the partial download was removed")
+
+
+# -- validators of a part file: what the source was when its first bytes were written ---------
+def _meta_path(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _read_meta(part: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(_meta_path(part).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _write_meta(part: Path, url: str, etag: str | None, modified: str | None, size: int | None) -> None:
+    _meta_path(part).write_text(json.dumps({"url": url, "etag": etag, "last_modified": modified, "size": size}))
+
+
+def _discard_part(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _meta_path(part).unlink(missing_ok=True)
+
+
+def _resumable_offset(part: Path, url: str, resume: bool) -> tuple[int, dict[str, Any]]:
+    """Bytes of ``part`` that may be continued: only with validators recorded for the same URL."""
+    if not (resume and part.exists()):
+        return 0, {}
+    meta = _read_meta(part)
+    if meta.get("url") != url or not (meta.get("etag") or meta.get("last_modified")):
+        _discard_part(part)  # no way to tell whether the source changed: start again
+        return 0, {}
+    return part.stat().st_size, meta
 
 
 # -- small helpers ---------------------------------------------------------------------------
@@ -149,8 +208,12 @@ def _progress_bar(total: int | None, initial: int, label: str, progress: bool) -
     )
 
 
-def _copy_stream(read: Any, out: IO[bytes], digest: Any, bar: tqdm, timeout: float | None = None) -> int:
-    """Copy chunks from ``read(n)`` to ``out``; a failing read is transient (the part file is kept)."""
+def _copy_stream(read: Any, out: IO[bytes], digest: Any, bar: tqdm, timeout: float | None = None,
+                 room: int | None = None) -> int:
+    """Copy chunks from ``read(n)`` to ``out``; a failing read is transient (the part file is kept).
+
+    More than ``room`` bytes raise :class:`OverflowError` (the caller names the limit).
+    """
     written = 0
     while True:
         try:
@@ -163,6 +226,8 @@ def _copy_stream(read: Any, out: IO[bytes], digest: Any, bar: tqdm, timeout: flo
             raise _Transient(f"transfer interrupted ({type(exc).__name__}: {exc})") from exc
         if not chunk:
             return written
+        if room is not None and written + len(chunk) > room:
+            raise OverflowError(written + len(chunk))
         out.write(chunk)
         digest.update(chunk)
         bar.update(len(chunk))
@@ -189,10 +254,12 @@ def _content_range(header: str | None) -> tuple[int | None, int | None]:
     return start, total
 
 
-def _http_open(url: str, offset: int, timeout: float) -> Any:
+def _http_open(url: str, offset: int, timeout: float, validator: str | None = None) -> Any:
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        if validator:
+            headers["If-Range"] = validator  # the server sends the whole (new) file if it changed
     try:
         return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError:
@@ -215,40 +282,55 @@ def _http_open(url: str, offset: int, timeout: float) -> Any:
         raise _Transient(f"connection failed ({type(exc).__name__}: {exc})") from None
 
 
-def _download_http(url: str, part: Path, *, resume: bool, timeout: float, progress: bool) -> tuple[int, str]:
+def _download_http(url: str, part: Path, *, resume: bool, timeout: float, progress: bool,
+                   limit: int = DEFAULT_MAX_BYTES) -> tuple[int, str]:
     """One attempt: continue ``part`` (or start it) and return (size, sha256) once the body is complete."""
-    offset = part.stat().st_size if resume and part.exists() else 0
+    offset, meta = _resumable_offset(part, url, resume)
     try:
-        response = _http_open(url, offset, timeout)
+        response = _http_open(url, offset, timeout, meta.get("etag") or meta.get("last_modified"))
     except urllib.error.HTTPError as exc:
         with exc:
             if exc.code == 416 and offset:  # the part is already complete, or longer than the file
                 _, total = _content_range(exc.headers.get("Content-Range"))
                 if total == offset:
                     return offset, _digest_of_part(part, offset).hexdigest()
-                part.unlink()
-                return _download_http(url, part, resume=False, timeout=timeout, progress=progress)
+                _discard_part(part)
+                return _download_http(url, part, resume=False, timeout=timeout, progress=progress, limit=limit)
             if exc.code >= 500:
                 raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
             raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     with response:
+        etag, modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
         if offset and response.status == 206:
             start, total = _content_range(response.headers.get("Content-Range"))
             if start != offset:
-                part.unlink()
+                _discard_part(part)
                 raise _Transient(f"server answered a request for byte {offset} with byte {start}; restarting")
-        else:  # 200: the server ignored Range (or there was nothing to resume): start again
+            if (meta.get("etag") and etag and etag != meta["etag"]) or (total is not None and meta.get("size")
+                                                                         not in (None, total)):
+                _discard_part(part)  # a server that ignores If-Range but reveals the change
+                raise _Transient("the file changed on the server since the download began; restarting")
+        else:  # 200: the server ignored Range, the file changed (If-Range), or there was nothing to resume
             offset = 0
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
+            _write_meta(part, url, etag, modified, total)
+        if total is not None and total > limit:
+            _discard_part(part)
+            raise _too_large(url, limit, total)
         digest = _digest_of_part(part, offset)
         label = part.name.removesuffix(".part")
         with open(part, "ab" if offset else "wb") as out, _progress_bar(total, offset, label, progress) as bar:
-            size = offset + _copy_stream(response.read, out, digest, bar, timeout)
+            try:
+                size = offset + _copy_stream(response.read, out, digest, bar, timeout, room=limit - offset)
+            except OverflowError as exc:
+                out.close()
+                _discard_part(part)
+                raise _too_large(url, limit, f"more than {exc.args[0] + offset} bytes") from None
     if total is not None and size < total:
         raise _Transient(f"connection closed after {size} of {total} bytes")
     if total is not None and size > total:
-        part.unlink()
+        _discard_part(part)
         raise DownloadError(f"{url}: server sent {size} bytes but announced {total}")
     return size, digest.hexdigest()
 
@@ -278,15 +360,26 @@ def _remote_info(fs: Any, url: str) -> dict[str, Any]:
         raise DownloadError(f"{url}: cannot read ({type(exc).__name__}: {exc})") from None
 
 
-def _download_fsspec(url: str, part: Path, *, resume: bool, fs: Any, progress: bool) -> tuple[int, str]:
+def _download_fsspec(url: str, part: Path, *, resume: bool, fs: Any, progress: bool,
+                     limit: int = DEFAULT_MAX_BYTES) -> tuple[int, str]:
     """One attempt with ranged reads: seek to the end of ``part`` and read the rest in chunks."""
     info = _remote_info(fs, url)
     if info.get("type") == "directory":
         raise DownloadError(f"{url}: is a folder, not a file (resolve() downloads folders)")
     total = info.get("size")
-    offset = part.stat().st_size if resume and part.exists() else 0
-    if total is not None and offset > total:
+    etag = info.get("ETag") or info.get("etag")
+    modified = info.get("LastModified") or info.get("last_modified") or info.get("mtime")
+    etag, modified = (str(etag) if etag else None), (str(modified) if modified else None)
+    if total is not None and total > limit:
+        _discard_part(part)
+        raise _too_large(url, limit, total)
+    offset, meta = _resumable_offset(part, url, resume)
+    if offset and ((total is not None and offset > total) or meta.get("etag") != etag
+                   or meta.get("last_modified") != modified or meta.get("size") != total):
+        _discard_part(part)  # the object changed (or cannot be compared): start again
         offset = 0
+    if not offset:
+        _write_meta(part, url, etag, modified, total)
     digest = _digest_of_part(part, offset)
     try:
         source = fs.open(url, "rb", block_size=CHUNK_SIZE, cache_type="none")
@@ -296,7 +389,12 @@ def _download_fsspec(url: str, part: Path, *, resume: bool, fs: Any, progress: b
     with source, open(part, "ab" if offset else "wb") as out, _progress_bar(total, offset, label, progress) as bar:
         if offset:
             source.seek(offset)
-        size = offset + _copy_stream(source.read, out, digest, bar)
+        try:
+            size = offset + _copy_stream(source.read, out, digest, bar, room=limit - offset)
+        except OverflowError as exc:
+            out.close()
+            _discard_part(part)
+            raise _too_large(url, limit, f"more than {exc.args[0] + offset} bytes") from None
     if total is not None and size != total:
         raise _Transient(f"read {size} of {total} bytes")
     return size, digest.hexdigest()
@@ -314,6 +412,7 @@ def fetch(
     timeout: float = DEFAULT_TIMEOUT_S,
     retries: int = DEFAULT_RETRIES,
     force: bool = False,
+    max_bytes: int | None = None,
 ) -> Path:
     """Download ``url`` to the file ``dest`` and return ``dest``.
 
@@ -326,6 +425,7 @@ def fetch(
     url = os.fspath(url)
     dest = Path(dest)
     expected = normalise_sha256(sha256, f"{url}: sha256")
+    limit = max_download_bytes(max_bytes)
     if is_remote(url):
         source_label = url
     else:
@@ -346,28 +446,30 @@ def fetch(
         for attempt in range(attempts):
             try:
                 if fs is None:
-                    _, actual = _download_http(url, part, resume=resume, timeout=timeout, progress=progress)
+                    _, actual = _download_http(url, part, resume=resume, timeout=timeout, progress=progress,
+                                               limit=limit)
                 else:
-                    _, actual = _download_fsspec(url, part, resume=resume, fs=fs, progress=progress)
+                    _, actual = _download_fsspec(url, part, resume=resume, fs=fs, progress=progress, limit=limit)
                 break
             except _Transient as exc:
                 if attempt + 1 < attempts:
                     time.sleep(RETRY_BACKOFF_S * 2**attempt)
                     continue
                 if not resume:
-                    part.unlink(missing_ok=True)
+                    _discard_part(part)
                 kept = f"; run again to resume from {part}" if part.exists() else ""
                 raise DownloadError(f"{source_label}: {exc} ({attempts} attempt(s)){kept}") from None
             except BaseException:
                 if not resume:
-                    part.unlink(missing_ok=True)
+                    _discard_part(part)
                 raise
         if expected is not None and actual != expected:
-            part.unlink(missing_ok=True)
+            _discard_part(part)
             raise DownloadError(
                 f"{source_label}: sha256 mismatch: expected {expected}, got {actual}; the downloaded file was removed"
             )
         os.replace(part, dest)
+        _meta_path(part).unlink(missing_ok=True)
     return dest
 
 

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from dualpose.config import OptimConfig
-from dualpose.errors import ConfigError
-from dualpose.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dualpose.errors import ConfigError, DataFormatError
+from dualpose.train.checkpoint import load_latest_intact, run_fingerprint, save_checkpoint
 
 
 @dataclass
@@ -41,6 +41,7 @@ class LoopSettings:
     resume: bool = True
     progress: bool = True
     desc: str = "train"
+    fingerprint: dict[str, str] | None = None  # inputs and settings; a checkpoint of other ones is not resumed
 
 
 def per_process_batch(global_batch: int, processes: int, where: str) -> int:
@@ -60,7 +61,7 @@ def stage_settings(cfg, params, layout, stage: str, resume: bool, processes: int
                         grad_accum=cfg.grad_accum,
                         save_every_steps=cfg.save_every_steps, seed=params.seed, run_dir=layout.run_dir(stage),
                         max_steps=cfg.max_steps, grad_clip=cfg.optim.grad_clip, resume=resume,
-                        progress=progress_enabled(), desc=stage)
+                        progress=progress_enabled(), desc=stage, fingerprint=run_fingerprint(params, layout, stage))
 
 
 @dataclass
@@ -139,6 +140,12 @@ class Trainer:
         if accelerator.gradient_accumulation_steps != settings.grad_accum:
             raise ValueError(f"the Accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches "
                              f"but the stage asks for {settings.grad_accum}")
+        if num_items < 1:
+            raise DataFormatError(settings.run_dir, "training clips", "at least one clip to train on",
+                                  "none (check clips.min_length and clips.length against the data)")
+        if settings.epochs < 1 or (settings.max_steps is not None and settings.max_steps < 1):
+            raise ValueError(f"{settings.desc}: epochs ({settings.epochs}) and max_steps ({settings.max_steps}) "
+                             "must be >= 1; a run of zero steps would overwrite the model with untrained weights")
         self.acc = accelerator
         self.s = settings
         self.model = model
@@ -178,16 +185,17 @@ class Trainer:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             save_checkpoint(self.ckpt_dir, self.state.step, self.checkpoint_modules, self.optimizer,
-                            self.scheduler, {"loop": self.state.as_dict()})
+                            self.scheduler, {"loop": self.state.as_dict(), "fingerprint": self.s.fingerprint})
         self.acc.wait_for_everyone()
 
     def _resume(self) -> None:
         if not self.s.resume:
             return
-        path = latest_checkpoint(self.ckpt_dir)
-        if path is None:
+        loaded = load_latest_intact(self.ckpt_dir, self.checkpoint_modules, self.optimizer, self.scheduler,
+                                    fingerprint=self.s.fingerprint)
+        if loaded is None:
             return
-        state = load_checkpoint(path, self.checkpoint_modules, self.optimizer, self.scheduler)
+        path, state = loaded
         self.state = LoopState.from_dict(state["extra"]["loop"])
         self.acc.print(f"resumed from {path} at step {self.state.step}")
 

@@ -39,7 +39,7 @@ def _staged(dualpose: DualPoseConfig, storage: StorageResource, inputs: list) ->
 def _read_tables(layout, name: str):
     from dualpose.data.schema import read_keypoint_table
 
-    return read_keypoint_table(layout.table_files(name))
+    return read_keypoint_table(layout.table_files(name), verify=False)  # the checks measure the damage
 
 
 def build_data_checks(partitions: dg.PartitionsDefinition,

@@ -45,6 +45,14 @@ from dualpose.skeleton import Skeleton
 
 REQUIRED_FILES = ("keypoints",)
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+MAX_FRAME = 2**31 - 1  # frame numbers are stored as int32
+MAX_DIGITS = 10  # digits of a frame number in a name ("frame_000012.png")
+# Frames without a detection are filled densely: the span of frame numbers may exceed the number
+# of detections by at most this factor (plus a small allowance), so a stray frame 2e9 cannot make
+# a single file allocate gigabytes.
+MAX_SPAN_FACTOR = 100
+MAX_SPAN_ALLOWANCE = 10_000
+MAX_JSON_DEPTH = 64  # detector output nests a few levels; deeper is refused before parsing
 
 
 class Options(AdapterOptions):
@@ -84,14 +92,51 @@ def convert(files: dict[str, Path], options: Options, dataset: str, skeleton: Sk
         yield TablePart(f"{options.split}-{name}", _frame_columns(frames, name, options, dataset, skeleton))
 
 
+def _nesting_depth(text: str) -> int:
+    """Deepest bracket nesting outside strings (a cheap scan before the recursive parser runs)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    return deepest
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def _load_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+            text = fh.read()
     except OSError as exc:
         raise DataFormatError(path, "<file>", "a readable JSON file", str(exc)) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataFormatError(path, "<file>", "valid JSON", str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(path, "<file>", "UTF-8 JSON", str(exc)) from None
+    if _nesting_depth(text) > MAX_JSON_DEPTH:
+        raise DataFormatError(path, "<file>", f"JSON nested at most {MAX_JSON_DEPTH} levels deep", "deeper nesting")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise DataFormatError(path, "<file>", "valid JSON", str(exc) or type(exc).__name__) from None
+    except ValueError as exc:  # integers beyond Python's digit limit, NaN/Infinity literals
+        raise DataFormatError(path, "<file>", "valid JSON with finite numbers", str(exc)) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} (JSON has no NaN/Infinity)")
 
 
 def _meta_number(doc: Any, key: str, option: float | None, path: Path, positive_int: bool) -> float:
@@ -121,8 +166,37 @@ def _read_video(path: Path, options: Options) -> _Video:
         points = points * np.array([width, height], dtype=np.float64)
     else:
         frame, points, conf = _coco_like(doc, path, fmt.num_joints)
+    _check_detections(path, frame, points, conf, width, height)
     kp2d, conf17 = convert_keypoints(points, conf, fmt, source=path)
     return _Video(frame=frame, kp2d=kp2d, conf=conf17, width=width, height=height, fps=fps)
+
+
+def _check_detections(path: Path, frame: np.ndarray, points: np.ndarray, conf: np.ndarray, width: int,
+                      height: int) -> None:
+    """Refuse input that would give confident garbage or an outsized allocation."""
+    span = int(frame.max()) - int(frame.min()) + 1
+    if span > MAX_SPAN_FACTOR * frame.size + MAX_SPAN_ALLOWANCE:
+        raise DataFormatError(path, "frame", f"frame numbers spanning at most {MAX_SPAN_FACTOR} x the number of "
+                              f"detections + {MAX_SPAN_ALLOWANCE}", f"{frame.size} detections spanning {span} frames")
+    with np.errstate(invalid="ignore"):
+        if not np.isfinite(conf).all():
+            raise DataFormatError(path, "keypoints (confidence)", "finite confidences", "NaN/inf")
+        seen = conf > 0
+        if not seen.any():
+            raise DataFormatError(path, "keypoints (confidence)", "some keypoint with confidence > 0",
+                                  "all confidences are 0: the detector found nobody")
+        if not np.isfinite(points[seen]).all():
+            raise DataFormatError(path, "keypoints", "finite x, y wherever confidence > 0", "NaN/inf")
+        limit = 10.0 * max(width, height)
+        if (np.abs(points[seen]) > limit).any():
+            raise DataFormatError(path, "keypoints", f"pixel coordinates within {limit:g} of the {width}x{height} image",
+                                  f"{float(np.abs(points[seen]).max()):.3g}")
+        spread = np.nanmax(np.where(seen[..., None], points, np.nan), axis=1) - \
+            np.nanmin(np.where(seen[..., None], points, np.nan), axis=1)
+    frames_with_pose = (seen.sum(axis=1) >= 2)
+    if not frames_with_pose.any() or not (np.nan_to_num(spread[frames_with_pose]).max(axis=-1) > 0).any():
+        raise DataFormatError(path, "keypoints", "a pose with at least two distinct detected keypoints",
+                              "every detected skeleton collapses to one point")
 
 
 def _records(doc: Any, path: Path, key: str) -> list:
@@ -136,13 +210,17 @@ def _records(doc: Any, path: Path, key: str) -> list:
 def _frame_number(value: Any, path: Path, field: str) -> int:
     if isinstance(value, bool):
         value = None
-    if isinstance(value, int) and value >= 0:
+    if isinstance(value, int) and 0 <= value <= MAX_FRAME:
         return value
     if isinstance(value, str):
         m = _LAST_NUMBER.search(value)
-        if m:
+        if m and len(m.group(1).lstrip("0")) <= MAX_DIGITS and int(m.group(1)) <= MAX_FRAME:
             return int(m.group(1))
-    raise DataFormatError(path, field, "a frame number (a non-negative integer, or a name ending in one)", repr(value))
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_FRAME:
+        return int(value)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise DataFormatError(path, field, "a frame number (a non-negative integer, or a name ending in one)",
+                          f"{shown} (frame numbers go up to {MAX_FRAME})")
 
 
 def _coco_like(doc: Any, path: Path, joints: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
