@@ -62,7 +62,7 @@ def test_spec_errors_name_the_problem():
 
 
 def test_spec_from_params_and_custom_skeleton():
-    params = load_params(None, ["model.variant=S", "model.overrides={depth: 2, dim: 32}"])
+    params = load_params(None, ["model.variant=S", "model.overrides={depth: 2, dim: 32}", "pretrain.top_k_blocks=2"])
     spec = spec_from_params(params)
     assert (spec.depth, spec.dim, spec.T, spec.num_joints) == (2, 32, 81, 17)
     # a five-joint chain: nothing in the model assumes 17 joints

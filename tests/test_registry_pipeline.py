@@ -86,10 +86,11 @@ def test_weekly_retraining_promotes_then_protects_the_champion(tmp_path, monkeyp
         assert _meta(second, "champion_model", "champion") == v1["id"]
         assert (root / CHAMPION).read_bytes() == pointer
 
-        # 3. a failed retraining (finetuning crashes): no version, the champion untouched
+        # 3. a failed retraining (an invalid setting fails the run's first training step): no version,
+        # the champion untouched
         third = weekly(["finetune.batch_size=-1"])
         assert not third.success
-        assert [s.step_key for s in third.get_step_failure_events()] == ["finetuned_weights"]
+        assert [s.step_key for s in third.get_step_failure_events()] == ["pretrained_weights"]
         assert not third.asset_materializations_for_node("model_version")
         assert [v["id"] for v in registry.versions()] == [v1["id"], v2["id"]]
         assert (root / CHAMPION).read_bytes() == pointer
