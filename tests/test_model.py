@@ -196,9 +196,13 @@ def test_sinusoidal_temporal_embedding_is_optional_and_order_aware():
 
 
 def _permutation_gap(spec) -> float:
-    """Max |f(x[perm]) - f(x)[perm]| over frames for a backbone with settled layer scales."""
+    """Max |f(x[perm]) - f(x)[perm]| over frames for a backbone with settled layer scales and a
+    trained (non-zero) frame table."""
     torch.manual_seed(0)
     backbone = settle(DualPoseBackbone(spec)).eval()
+    if backbone.temporal_pos_embed is not None:
+        with torch.no_grad():
+            backbone.temporal_pos_embed.normal_(0.0, 0.05)
     x = poses(2, spec.T)
     perm = torch.randperm(spec.T)
     with torch.no_grad():
@@ -214,10 +218,26 @@ def test_backbone_without_frame_embedding_sees_a_set_and_with_it_sees_order():
     assert _permutation_gap(default) > 1e-2
 
 
+def test_frame_table_starts_at_zero_and_learns():
+    """At initialisation the frame table is zero (the network starts as the order-blind reference),
+    and the first step's gradient reaches it, so order is learned where it pays."""
+    spec = build_spec("XS", {**TINY, "T": 9})
+    model = DualPoseLifter(spec)
+    table = model.backbone.temporal_pos_embed
+    assert torch.equal(table, torch.zeros_like(table))
+    settle(model).train()
+    x = poses(2, 9)
+    loss = (model(x) - x.flip(1)).pow(2).mean()  # a target that depends on frame order
+    loss.backward()
+    assert table.grad is not None and table.grad.abs().max() > 0
+
+
 def test_learned_frame_embedding_resamples_for_any_length():
     spec = build_spec("XS", {**TINY, "T": 9})
     backbone = DualPoseBackbone(spec)
     table = backbone.temporal_pos_embed
+    with torch.no_grad():
+        table.normal_()  # as after training
     assert table.shape == (9, spec.dim)
     torch.testing.assert_close(backbone.frame_embedding(9, torch.device("cpu")), table)
     longer = backbone.frame_embedding(17, torch.device("cpu"))  # every second row is a table row
