@@ -29,29 +29,12 @@ from pathlib import Path
 
 from dualpose.config import Params
 from dualpose.errors import ConfigError
+from dualpose.io.digest import tree_digest as file_digest
 from dualpose.io.storage import Storage
 
 VERSIONS = "models/versions"
 CHAMPION = "models/champion.json"
 WEIGHT_FILES = ("model.safetensors", "config.json")
-CHUNK = 1 << 20
-
-
-def file_digest(paths: Iterable[Path], root: Path | None = None) -> str:
-    """sha256 (16 hex) over the relative names and bytes of files; folders are walked in order."""
-    digest = hashlib.sha256()
-    files = []
-    for item in paths:
-        item = Path(item)
-        found = sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item] if item.is_file() else []
-        files += [((f.relative_to(root) if root else Path(f.name)).as_posix(), f) for f in found]
-    for label, f in sorted(files):
-        digest.update(label.encode() + b"\0")
-        with open(f, "rb") as handle:
-            for chunk in iter(lambda: handle.read(CHUNK), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
 
 
 def params_hash(params: Params) -> str:

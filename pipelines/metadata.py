@@ -7,37 +7,12 @@ training subprocess), so nothing here imports Dagster.
 from __future__ import annotations
 
 import base64
-import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-CHUNK = 1 << 20
-
-
-def content_hash(paths: Iterable[Path | str], root: Path | str | None = None) -> str:
-    """sha256 over the names (relative to ``root``) and bytes of files; folders are walked.
-
-    The result is the data version of an artefact: it changes exactly when a file's content or
-    name changes, and not with timestamps or the folder it was staged in.
-    """
-    digest = hashlib.sha256()
-    files: list[tuple[str, Path]] = []
-    for item in paths:
-        item = Path(item)
-        found = sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item] if item.is_file() else []
-        for f in found:
-            label = f.relative_to(root).as_posix() if root is not None else f.name
-            files.append((label, f))
-    for label, f in sorted(files):
-        digest.update(label.encode() + b"\0")
-        with open(f, "rb") as handle:
-            for chunk in iter(lambda: handle.read(CHUNK), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
-
+from dualpose.io.digest import tree_digest as content_hash  # noqa: F401  (the data version of an artefact)
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], digits: int = 1) -> str:
     """A markdown table; floats get ``digits`` decimals, non-finite numbers show as a dash."""

@@ -11,7 +11,6 @@ from dualpose.data.adapters import mpi_inf_3dhp
 from dualpose.data.schema import read_keypoint_table
 from dualpose.errors import DataFormatError
 from tests.fixtures_formats import (
-    FOCAL_3DHP,
     H36M_INDEX_OF_3DHP,
     RunsCode,
     convert_to_tables,

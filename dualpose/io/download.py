@@ -17,7 +17,6 @@ Failures raise :class:`~dualpose.errors.DownloadError` with a message naming the
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import json
@@ -31,14 +30,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from tqdm.auto import tqdm
 
 from dualpose.errors import ConfigError, DownloadError
-from dualpose.io.atomic import atomic_dir
+from dualpose.io.atomic import atomic_dir, file_lock
 from dualpose.io.storage import LOCAL_PROTOCOLS, filesystem, split_protocol
 
 CHUNK_SIZE = 1 << 20  # bytes per read; nothing is held in memory beyond one chunk
@@ -169,35 +168,6 @@ def _host_port(url: str) -> str:
     parsed = urllib.parse.urlparse(url)
     port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme, "")
     return f"{parsed.hostname}:{port}"
-
-
-@contextlib.contextmanager
-def _exclusive(dest: Path) -> Iterator[None]:
-    """Hold an advisory lock beside ``dest`` so two processes do not download the same file at once.
-
-    The lock file is removed on release; a waiter that wakes up holding a removed file tries again.
-    """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    lock = dest.with_name(f".{dest.name}.lock")
-    while True:
-        handle = open(lock, "a")
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            if os.path.samestat(os.fstat(handle.fileno()), os.stat(lock)):
-                break
-        except FileNotFoundError:
-            pass
-        handle.close()
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
-        handle.close()
 
 
 def _progress_bar(total: int | None, initial: int, label: str, progress: bool) -> tqdm:
@@ -436,7 +406,7 @@ def fetch(
             return _verified_local(source, expected, url)
         source_label, url = url, str(source)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(dest):
+    with file_lock(dest):  # two processes never download the same file at once
         if dest.is_file() and not force and (expected is None or sha256_file(dest) == expected):
             return dest
         part = dest.with_name(dest.name + ".part")
