@@ -22,21 +22,17 @@ from pathlib import Path
 import pytest
 
 from tests.pipelines_support import DATASET, REPO_ROOT, subprocess_env, tiny_params, venv_bin, write_params
+from tests.browser_support import headless_chromium, require_browser
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SERVER_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 240
 DATA_ASSETS = ("raw_files", "keypoint_tables", "clip_index", "masked_inputs")
 TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
 
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip("needs Debian's chromium and chromedriver (/usr/bin/chromium, /usr/bin/chromedriver): "
-                "apt-get install -y chromium chromium-driver", allow_module_level=True)
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+webdriver = require_browser()
 from selenium.common.exceptions import (  # noqa: E402
     ElementClickInterceptedException,
     StaleElementReferenceException,
@@ -120,23 +116,7 @@ def dagster_dev(tmp_path):
 
 @pytest.fixture
 def browser(tmp_path):
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                 "--disable-quic", "--disable-sync", "--window-size=1600,1000",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")),
-                              options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from headless_chromium(tmp_path, ("--disable-quic", "--disable-sync"))
 
 
 def button(driver, starts_with: str):

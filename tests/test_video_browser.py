@@ -5,17 +5,13 @@ Needs Debian's chromium + chromedriver (installed by .ci/run); skips clearly wit
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip("needs Debian's chromium and chromedriver (/usr/bin/chromium, /usr/bin/chromedriver): "
-                "apt-get install -y chromium chromium-driver", allow_module_level=True)
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+from tests.browser_support import headless_chromium, require_browser
+
+webdriver = require_browser()
 pytest.importorskip("imageio_ffmpeg", reason="video needs the video extra: pip install 'dualpose[video]'")
 from PIL import Image  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -43,23 +39,7 @@ def outputs(tmp_path_factory):
 
 @pytest.fixture
 def browser(tmp_path):
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                 "--autoplay-policy=no-user-gesture-required", "--window-size=900,700",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")),
-                              options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from headless_chromium(tmp_path, ("--autoplay-policy=no-user-gesture-required",), size="900,700")
 
 
 def _screenshot(driver) -> np.ndarray:
