@@ -229,3 +229,36 @@ def test_whole_model_fast_paths_match_plain_paths(frames):
         out_fast = model(x)
         _set_paths(model, fast=False)
         _close(out_fast, model(x))
+
+
+def _forward_calls(block: DualStreamBlock, x: torch.Tensor, backward: bool = True) -> int:
+    """How often the block's first mixer runs for one forward (+ backward): 2 when checkpointed."""
+    calls = []
+    handle = block.attn_spatial.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        out = block(x.clone().requires_grad_(True))
+        if backward:
+            out.sum().backward()
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+def test_auto_checkpointing_recomputes_only_large_blocks(monkeypatch):
+    from dualpose.model import blocks as blocks_mod
+
+    block = _block().train()
+    x = torch.randn(2, 8, 17, 32)
+    assert block.checkpoint == "auto"
+    assert _forward_calls(block, x) == 1  # small: not checkpointed
+    monkeypatch.setattr(blocks_mod, "AUTO_CHECKPOINT_VALUES", 0)
+    assert _forward_calls(block, x) == 2  # "large": recomputed in the backward pass
+    for mode in (True, "full", "selective"):
+        block.checkpoint = mode
+        assert _forward_calls(block, x) == 2, mode
+    block.checkpoint = False
+    assert _forward_calls(block, x) == 1
+    block.checkpoint = True
+    block.eval()
+    with torch.no_grad():
+        assert _forward_calls(block, x, backward=False) == 1  # inference never checkpoints

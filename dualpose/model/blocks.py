@@ -79,10 +79,10 @@ class DualStreamBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = self.checkpoint
-        if not (self.training and torch.is_grad_enabled() and x.requires_grad) or mode is False:
-            return self._forward(x)
         if mode == "auto":
-            mode = "selective" if should_checkpoint(*x.shape) else False
+            mode = "full" if should_checkpoint(*x.shape) else False
+        if mode is False or not (self.training and torch.is_grad_enabled() and x.requires_grad):
+            return self._forward(x)
         if mode == "selective":
             return checkpoint(self._forward, x, use_reentrant=False, context_fn=_save_matmuls_context)
         return checkpoint(self._forward, x, use_reentrant=False)  # True / "full"
