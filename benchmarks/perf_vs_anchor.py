@@ -124,10 +124,13 @@ def before_tree(root: Path) -> Path:
     return target
 
 
-def run_one(side: str, variant: str, mode: str, batch: int, code_dir: Path) -> dict:
+def run_one(side: str, variant: str, mode: str, batch: int, code_dir: Path, wait_policy: str | None) -> dict:
     warmup, repeats, budget = REPEATS[variant]
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
            "PYTHONPATH": os.pathsep.join([str(code_dir), str(REPO)]), "DUALPOSE_PROGRESS": "0"}
+    env.pop("OMP_WAIT_POLICY", None)
+    if wait_policy:
+        env["OMP_WAIT_POLICY"] = wait_policy
     env.pop("DUALPOSE_ATTENTION", None)  # the automatic choice is what is measured
     cmd = [sys.executable, str(Path(__file__).resolve()), "one", "--side", side, "--variant", variant,
            "--mode", mode, "--batch", str(batch), "--warmup", str(warmup), "--repeats", str(repeats),
@@ -159,7 +162,7 @@ def _fmt_ratio(a: float | None, b: float | None) -> str:
 
 
 def render(results: list[dict], command: str, started: str, finished: str, uptime_start: str,
-           uptime_end: str, wall_s: float) -> str:
+           uptime_end: str, wall_s: float, wait_policy: str | None = None) -> str:
     import torch
 
     by = {(r["variant"], _key(r), r["side"]): r for r in results}
@@ -173,7 +176,7 @@ def render(results: list[dict], command: str, started: str, finished: str, uptim
         "",
         f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, torch {torch.__version__}; fp32, {THREADS} threads, "
-        f"OMP_NUM_THREADS={THREADS}.",
+        f"OMP_NUM_THREADS={THREADS}, OMP_WAIT_POLICY={wait_policy or 'unset (as the anchors)'}.",
         "",
         f"Load (`uptime`) at the start: `{uptime_start}`; at the end: `{uptime_end}`.",
         "",
@@ -239,6 +242,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write every raw result to this JSON file")
     parser.add_argument("--max-minutes", type=float, default=25.0,
                         help="skip the figures that would start after this much wall time")
+    parser.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"],
+                        help="OMP_WAIT_POLICY for every figure (unset: as the anchors). PASSIVE keeps two "
+                             "OpenMP threads from spin-waiting on each other when other jobs share the cores")
     parser.add_argument("--side", choices=["before", "after", "after-nockpt", "after-compiled"], default="after")
     parser.add_argument("--variant", default="XS")
     parser.add_argument("--mode", choices=["infer", "train"], default="infer")
@@ -265,7 +271,7 @@ def main() -> None:
                 print(f"skipped {variant} {mode} bs{batch}: over --max-minutes", file=sys.stderr)
                 continue
             for side in sides:
-                r = run_one(side, variant, mode, batch, code[side])
+                r = run_one(side, variant, mode, batch, code[side], args.omp_wait_policy)
                 results.append(r)
                 print(f"{variant} {mode} bs{batch} {side}: {r['frames_per_s']:.1f} frames/s, "
                       f"{r['peak_rss_mib']:.0f} MiB, {len(r['seconds_all'])} calls, load {r['load_before']:.1f}",
@@ -273,7 +279,8 @@ def main() -> None:
     wall = time.perf_counter() - t0
     uptime_end = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     finished = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
-    write_results(Path(args.out), render(results, command, started, finished, uptime_start, uptime_end, wall))
+    write_results(Path(args.out), render(results, command, started, finished, uptime_start, uptime_end, wall,
+                                         args.omp_wait_policy))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(Path(args.out).read_text())
