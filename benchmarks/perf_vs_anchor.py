@@ -17,7 +17,12 @@ from other jobs on a shared machine falls on both alike:
 - ``after-nockpt`` (B/L training only): the same with activation checkpointing off, to show what
   checkpointing costs in time and saves in memory;
 - ``after-compiled`` (XS inference only): the same with ``backbone.compile_blocks(dynamic=True)``
-  (torch.compile per block, dynamic T); compilation happens in the warm-up and is not timed.
+  (torch.compile per block, dynamic T); compilation happens in the warm-up and is not timed;
+- ``after-selective``, ``after-sdpa`` (only with ``--figures``): selective activation checkpointing
+  (keep matmul/attention outputs, recompute the rest); SDPA at every length.
+
+``--figures`` replaces the plan, e.g. ``--figures B:train:before,after,after-selective,after-nockpt``
+(variant:mode[batch]:sides; mode ``train``, ``infer1`` or ``infer8``).
 
 Usage::
 
@@ -45,7 +50,7 @@ BEFORE_COMMIT = "f5dad27"
 THREADS = 2
 TRAIN_BATCH = {"XS": 4, "S": 4, "B": 2, "L": 2}
 # (warm-up calls, timed calls, soft time budget in seconds for the timed calls) per variant
-REPEATS = {"XS": (2, 10, 15.0), "S": (1, 5, 20.0), "B": (1, 2, 30.0), "L": (1, 1, 30.0)}
+REPEATS = {"XS": (2, 10, 15.0), "S": (1, 5, 20.0), "B": (1, 2, 60.0), "L": (1, 1, 30.0)}  # B: 30 s in the 16:09 run
 
 # MotionAGFormer and DualPose@f5dad27 as measured for ../shared/docs/perf-anchors.md (frames/s, MiB).
 ANCHOR_PEER = {
@@ -75,9 +80,12 @@ def measure(side: str, variant: str, mode: str, batch: int, warmup: int, repeats
     torch.manual_seed(0)
     spec = build_spec(variant)
     model = DualPoseLifter(spec)
-    if side == "after-nockpt":
+    if side in ("after-nockpt", "after-selective"):
         from dualpose.model.blocks import set_activation_checkpointing
-        set_activation_checkpointing(model, False)
+        set_activation_checkpointing(model, False if side == "after-nockpt" else "selective")
+    if side == "after-sdpa":  # SDPA for every sequence length (the CPU explicit path off)
+        from dualpose.model.attention import set_attention_kernel
+        set_attention_kernel("sdpa")
     if side == "after-compiled":  # regional inductor compilation, dynamic T; compiled during warm-up
         model.backbone.compile_blocks(dynamic=True)
     x = torch.randn(batch, spec.T, spec.num_joints, spec.in_channels)
@@ -153,6 +161,23 @@ def figures_plan(variants: list[str]) -> list[tuple[str, str, int, list[str]]]:
     return plan
 
 
+SIDES = ("before", "after", "after-nockpt", "after-selective", "after-sdpa", "after-compiled")
+SIDE_LABELS = {"before": "before", "after": "after", "after-nockpt": "after, no ckpt",
+               "after-selective": "after, selective ckpt", "after-sdpa": "after, SDPA", "after-compiled": "after, compiled"}
+
+
+def parse_figures(specs: list[str]) -> list[tuple[str, str, int, list[str]]]:
+    plan = []
+    for spec in specs:
+        variant, what, sides = spec.split(":")
+        mode, batch = ("train", TRAIN_BATCH[variant]) if what == "train" else ("infer", int(what.removeprefix("infer")))
+        unknown = sorted(set(sides.split(",")) - set(SIDES))
+        if variant not in REPEATS or unknown or what not in ("train", "infer1", "infer8"):
+            raise SystemExit(f"--figures {spec!r}: expected variant:train|infer1|infer8:sides from {SIDES}")
+        plan.append((variant, mode, batch, sides.split(",")))
+    return plan
+
+
 def _key(r: dict) -> str:
     return "train" if r["mode"] == "train" else f"infer{r['batch']}"
 
@@ -182,15 +207,20 @@ def render(results: list[dict], command: str, started: str, finished: str, uptim
         "",
         "Frames/s (higher is better) from the median call; peak RSS (MiB) of the training process. "
         "`before` = commit f5dad27, `after` = this branch (automatic choices), `after, no ckpt` = "
-        "this branch with activation checkpointing off, `after, compiled` = this branch with "
+        "activation checkpointing off, `after, selective ckpt` = selective checkpointing, `after, SDPA` = "
+        "SDPA at every length, `after, compiled` = "
         "`backbone.compile_blocks(dynamic=True)` (compile time not counted). Sides were run interleaved "
         "per figure. `anchor ratio x after/before` = the anchors' DualPose/MotionAGFormer ratio times "
         "this run's after/before: the estimate of after/MotionAGFormer that does not depend on this "
         "machine's absolute speed.",
         "",
-        "| variant (T) | metric | before | after | after, no ckpt | after, compiled | after / before "
-        "| load 1-min (before/after) | anchor peer | after / anchor peer | anchor ratio x after/before |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    sides = [side for side in SIDES if any(r["side"] == side for r in results)]
+    lines += [
+        "| variant (T) | metric | " + " | ".join(SIDE_LABELS[side] for side in sides)
+        + " | after / before | load 1-min (before/after) | anchor peer | after / anchor peer "
+        "| anchor ratio x after/before |",
+        "|---|---|" + "---|" * (len(sides) + 5),
     ]
     metrics = [("infer1", "inference bs1, frames/s"), ("infer8", "inference bs8, frames/s"),
                ("train", "training, frames/s"), ("rss", "training peak RSS, MiB")]
@@ -198,32 +228,30 @@ def render(results: list[dict], command: str, started: str, finished: str, uptim
         for key, label in metrics:
             src = "train" if key == "rss" else key
             field = "peak_rss_mib" if key == "rss" else "frames_per_s"
-            rb, ra, rn, rc = (by.get((v, src, s)) for s in ("before", "after", "after-nockpt", "after-compiled"))
-            if rb is None and ra is None:
+            values = {side: by[(v, src, side)][field] for side in sides if (v, src, side) in by}
+            if not values:
                 continue
-            b = rb[field] if rb else None
-            a = ra[field] if ra else None
-            n = rn[field] if rn else None
-            cc = rc[field] if rc else None
+            b, a = values.get("before"), values.get("after")
+            rb, ra = by.get((v, src, "before")), by.get((v, src, "after"))
             peer, ours = ANCHOR_PEER.get((v, key)), ANCHOR_OURS.get((v, key))
             # machine-independent estimate: the anchors' DualPose/peer ratio times our after/before
             est = (ours / peer) * (a / b) if (peer and ours and a and b) else None
             load = f"{rb['load_before']:.1f}/{ra['load_before']:.1f}" if rb and ra else "-"
+            cells = " | ".join("-" if side not in values else f"{values[side]:,.0f}" for side in sides)
             lines.append(
-                f"| {v} ({DESIGN_T[v]}) | {label} | {b:,.0f} | {a:,.0f} | {'-' if n is None else f'{n:,.0f}'} | "
-                f"{'-' if cc is None else f'{cc:,.0f}'} | "
-                f"{_fmt_ratio(a, b)} | {load} | {'-' if peer is None else f'{peer:,}'} | {_fmt_ratio(a, peer)} | "
+                f"| {v} ({DESIGN_T[v]}) | {label} | {cells} | {_fmt_ratio(a, b)} | {load} | "
+                f"{'-' if peer is None else f'{peer:,}'} | {_fmt_ratio(a, peer)} | "
                 f"{'-' if est is None else f'{est:.2f}'} |")
     lines += ["", "Raw per-figure results (seconds of every timed call, load before and after) are in the JSON "
-              "written with `--json` (benchmarks/RESULTS-perf.json for the run above)."]
+              "written with `--json`."]
     return "\n".join(lines) + "\n"
 
 
-BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
-
-
-def write_results(path: Path, body: str) -> None:
-    """Replace the generated section of ``path`` (or create the file); temp file then rename."""
+def write_results(path: Path, body: str, section: str = "") -> None:
+    """Replace the generated section (``section`` names it) of ``path`` (or create the file); temp
+    file then rename."""
+    name = f" {section}" if section else ""
+    BEGIN, END = f"<!-- BEGIN GENERATED{name} -->", f"<!-- END GENERATED{name} -->"
     text = path.read_text() if path.exists() else f"# Performance against MotionAGFormer\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         text += f"\n{BEGIN}\n{END}\n"
@@ -238,6 +266,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="all", choices=["all", "one"])
     parser.add_argument("--variants", nargs="+", default=["XS", "S", "B", "L"])
+    parser.add_argument("--figures", nargs="+", help="explicit plan instead of --variants (see above)")
+    parser.add_argument("--section", default="", help="name of the generated section of --out to replace")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS-perf.md"))
     parser.add_argument("--json", help="also write every raw result to this JSON file")
     parser.add_argument("--max-minutes", type=float, default=25.0,
@@ -245,7 +275,7 @@ def main() -> None:
     parser.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"],
                         help="OMP_WAIT_POLICY for every figure (unset: as the anchors). PASSIVE keeps two "
                              "OpenMP threads from spin-waiting on each other when other jobs share the cores")
-    parser.add_argument("--side", choices=["before", "after", "after-nockpt", "after-compiled"], default="after")
+    parser.add_argument("--side", choices=list(SIDES), default="after")
     parser.add_argument("--variant", default="XS")
     parser.add_argument("--mode", choices=["infer", "train"], default="infer")
     parser.add_argument("--batch", type=int, default=1)
@@ -265,8 +295,10 @@ def main() -> None:
     t0 = time.perf_counter()
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="dualpose-before-") as tmp:
-        code = {"before": before_tree(Path(tmp)), "after": REPO, "after-nockpt": REPO, "after-compiled": REPO}
-        for variant, mode, batch, sides in figures_plan(args.variants):
+        code = {side: REPO for side in SIDES}
+        code["before"] = before_tree(Path(tmp))
+        plan = parse_figures(args.figures) if args.figures else figures_plan(args.variants)
+        for variant, mode, batch, sides in plan:
             if time.perf_counter() - t0 > args.max_minutes * 60:
                 print(f"skipped {variant} {mode} bs{batch}: over --max-minutes", file=sys.stderr)
                 continue
@@ -280,7 +312,7 @@ def main() -> None:
     uptime_end = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     finished = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     write_results(Path(args.out), render(results, command, started, finished, uptime_start, uptime_end, wall,
-                                         args.omp_wait_policy))
+                                         args.omp_wait_policy), args.section)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(Path(args.out).read_text())
