@@ -18,8 +18,9 @@ from other jobs on a shared machine falls on both alike:
   checkpointing costs in time and saves in memory;
 - ``after-compiled`` (XS inference only): the same with ``backbone.compile_blocks(dynamic=True)``
   (torch.compile per block, dynamic T); compilation happens in the warm-up and is not timed;
-- ``after-selective``, ``after-sdpa`` (only with ``--figures``): selective activation checkpointing
-  (keep matmul/attention outputs, recompute the rest); SDPA at every length.
+- ``after-selective``, ``after-sdpa``, ``after-plaingather`` (only with ``--figures``): selective
+  activation checkpointing (keep matmul/attention outputs, recompute the rest); SDPA at every
+  length; the kNN gather of f5dad27.
 
 ``--figures`` replaces the plan, e.g. ``--figures B:train:before,after,after-selective,after-nockpt``
 (variant:mode[batch]:sides; mode ``train``, ``infer1`` or ``infer8``).
@@ -83,6 +84,11 @@ def measure(side: str, variant: str, mode: str, batch: int, warmup: int, repeats
     if side in ("after-nockpt", "after-selective"):
         from dualpose.model.blocks import set_activation_checkpointing
         set_activation_checkpointing(model, False if side == "after-nockpt" else "selective")
+    if side == "after-plaingather":  # the kNN gather of f5dad27 (transpose + expanded-index gather)
+        from dualpose.model.gcn import TemporalKNNGCN
+        for module in model.modules():
+            if isinstance(module, TemporalKNNGCN):
+                module.fast_gather = False
     if side == "after-sdpa":  # SDPA for every sequence length (the CPU explicit path off)
         from dualpose.model.attention import set_attention_kernel
         set_attention_kernel("sdpa")
@@ -161,9 +167,10 @@ def figures_plan(variants: list[str]) -> list[tuple[str, str, int, list[str]]]:
     return plan
 
 
-SIDES = ("before", "after", "after-nockpt", "after-selective", "after-sdpa", "after-compiled")
+SIDES = ("before", "after", "after-nockpt", "after-selective", "after-sdpa", "after-plaingather", "after-compiled")
 SIDE_LABELS = {"before": "before", "after": "after", "after-nockpt": "after, no ckpt",
-               "after-selective": "after, selective ckpt", "after-sdpa": "after, SDPA", "after-compiled": "after, compiled"}
+               "after-selective": "after, selective ckpt", "after-sdpa": "after, SDPA",
+               "after-plaingather": "after, plain kNN gather", "after-compiled": "after, compiled"}
 
 
 def parse_figures(specs: list[str]) -> list[tuple[str, str, int, list[str]]]:
@@ -208,7 +215,7 @@ def render(results: list[dict], command: str, started: str, finished: str, uptim
         "Frames/s (higher is better) from the median call; peak RSS (MiB) of the training process. "
         "`before` = commit f5dad27, `after` = this branch (automatic choices), `after, no ckpt` = "
         "activation checkpointing off, `after, selective ckpt` = selective checkpointing, `after, SDPA` = "
-        "SDPA at every length, `after, compiled` = "
+        "SDPA at every length, `after, plain kNN gather` = the f5dad27 gather, `after, compiled` = "
         "`backbone.compile_blocks(dynamic=True)` (compile time not counted). Sides were run interleaved "
         "per figure. `anchor ratio x after/before` = the anchors' DualPose/MotionAGFormer ratio times "
         "this run's after/before: the estimate of after/MotionAGFormer that does not depend on this "

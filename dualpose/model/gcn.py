@@ -72,8 +72,8 @@ class TemporalKNNGCN(_GraphMixer):
     (B, J, T, C) and ``gather`` with a channel-expanded index); both give the same numbers. The
     ONNX tracer always takes the plain path (the fast path's row offsets would be traced as
     constants of one batch and length).
-    The (B, J, T, T) similarity is kept: at T = 243 it is 0.2 MB per sequence and joint-batch,
-    small beside the activations, and ``topk`` needs it whole.
+    The (B, J, T, T) similarity is kept: at T = 243 it is 0.24 MB per sample and joint, small
+    beside the block's activations, and ``topk`` needs it whole.
     """
 
     def __init__(self, dim: int, k: int) -> None:
