@@ -64,8 +64,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str) -> to
     """``softmax(q k^T / sqrt(d)) v`` for (..., L, d) tensors with the named kernel."""
     if kernel == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
-    scores = torch.matmul(q, k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
-    return torch.matmul(scores.softmax(dim=-1), v)
+    *batch, length, d = q.shape
+    q3, k3, v3 = (t.reshape(-1, length, d) for t in (q, k, v))
+    # the 1/sqrt(d) scale rides in the product (baddbmm's alpha; beta=0 ignores the input)
+    scores = torch.baddbmm(q3.new_empty(()), q3, k3.transpose(1, 2), beta=0.0, alpha=d ** -0.5)
+    return torch.bmm(scores.softmax(dim=-1), v3).view(*batch, length, d)
 
 
 class AxisAttention(nn.Module):
