@@ -63,13 +63,34 @@ class TemporalKNNGCN(_GraphMixer):
 
     A frame's own similarity is excluded (the self connection is ``U(x)``), so each token
     averages ``V`` of exactly k other frames: the normalisation ``D^-1/2 A D^-1/2`` of a graph
-    whose every node has k neighbours. Built with one batched matmul, ``topk`` and ``gather``
-    (no loops); sequences shorter than k + 1 frames use every other frame.
+    whose every node has k neighbours. Built with one batched matmul and ``topk`` (no loops);
+    sequences shorter than k + 1 frames use every other frame.
+
+    The neighbours' ``V`` rows are gathered in the (B, T, J, C) layout with one ``index_select``
+    on the flattened tokens (``fast_gather``, the default): no transpose of ``V`` and a row-wise
+    backward (``index_add``). ``fast_gather = False`` is the plain path (transpose to
+    (B, J, T, C) and ``gather`` with a channel-expanded index); both give the same numbers. The
+    ONNX tracer always takes the plain path (the fast path's row offsets would be traced as
+    constants of one batch and length).
+    The (B, J, T, T) similarity is kept: at T = 243 it is 0.24 MB per sample and joint, small
+    beside the block's activations, and ``topk`` needs it whole.
     """
 
     def __init__(self, dim: int, k: int) -> None:
         super().__init__(dim)
         self.k = k
+        self.fast_gather = True
+
+    def neighbours(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Indices (B, J, T, k) of each token's k most similar other frames of the same joint."""
+        t = x.shape[1]
+        xt = x.transpose(1, 2)  # (B, J, T, C)
+        with torch.no_grad():  # the graph is a selection, not differentiable (as the reference)
+            similarity = torch.matmul(xt, xt.transpose(-1, -2))  # (B, J, T, T)
+            frames = torch.arange(t, device=x.device)
+            self_pairs = frames[:, None] == frames[None, :]
+            similarity = similarity.masked_fill(self_pairs, float("-inf"))
+            return similarity.topk(k, dim=-1).indices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, J, C)
         b, t, j, c = x.shape
@@ -78,14 +99,18 @@ class TemporalKNNGCN(_GraphMixer):
             k = t - 1
         if k == 0:
             return self._update(x, torch.zeros_like(x))
-        xt = x.transpose(1, 2)  # (B, J, T, C)
-        with torch.no_grad():  # the graph is a selection, not differentiable (as the reference)
-            similarity = torch.matmul(xt, xt.transpose(-1, -2))  # (B, J, T, T)
-            frames = torch.arange(t, device=x.device)
-            self_pairs = frames[:, None] == frames[None, :]
-            similarity = similarity.masked_fill(self_pairs, float("-inf"))
-            neighbours = similarity.topk(k, dim=-1).indices  # (B, J, T, k)
-        v = self.V(xt)  # (B, J, T, C)
-        index = neighbours.reshape(b, j, t * k, 1).expand(b, j, t * k, v.shape[-1])
-        aggregate = torch.gather(v, 2, index).reshape(b, j, t, k, v.shape[-1]).mean(dim=3)
-        return self._update(x, aggregate.transpose(1, 2))
+        neighbours = self.neighbours(x, k)  # (B, J, T, k)
+        if not self.fast_gather or torch.jit.is_tracing():  # ONNX tracing: its row offsets would be constants
+            xt = x.transpose(1, 2)
+            v = self.V(xt)  # (B, J, T, C)
+            index = neighbours.reshape(b, j, t * k, 1).expand(b, j, t * k, v.shape[-1])
+            aggregate = torch.gather(v, 2, index).reshape(b, j, t, k, v.shape[-1]).mean(dim=3)
+            return self._update(x, aggregate.transpose(1, 2))
+        v = self.V(x)  # (B, T, J, C)
+        with torch.no_grad():  # flat row of token (b, frame, joint) in v.reshape(B*T*J, C)
+            base = torch.arange(b, device=x.device).view(b, 1, 1, 1) * (t * j) \
+                + torch.arange(j, device=x.device).view(1, j, 1, 1)
+            rows = (base + neighbours * j).permute(0, 2, 1, 3).reshape(-1)  # (B, T, J, k) order
+        gathered = v.reshape(b * t * j, v.shape[-1]).index_select(0, rows)
+        aggregate = gathered.view(b, t, j, k, v.shape[-1]).mean(dim=3)
+        return self._update(x, aggregate)

@@ -1,0 +1,264 @@
+"""Every fast path of the model gives the numbers of its plain path (fp32 tolerance), forward and
+gradients, at several sequence lengths including ones other than the design T."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dualpose.model import DualPoseLifter, build_spec
+from dualpose.model import attention as attention_mod
+from dualpose.model.attention import AxisAttention, attend, choose_kernel, set_attention_kernel
+from dualpose.model.blocks import DualStreamBlock, set_activation_checkpointing, should_checkpoint
+from dualpose.model.gcn import TemporalKNNGCN
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_and_auto_kernel():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    previous = set_attention_kernel("auto")
+    yield
+    set_attention_kernel(previous)
+    torch.set_num_threads(threads)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+def _forward_and_grads(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    module.zero_grad(set_to_none=True)
+    xin = x.clone().requires_grad_(True)
+    out = module(xin)
+    # a loss that weights every output differently, so that no gradient is trivially symmetric
+    weights = torch.linspace(-1.0, 2.0, out.numel()).view_as(out)
+    (out * weights).sum().backward()
+    grads = {n.removeprefix("module."): p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return out.detach(), xin.grad.detach(), grads
+
+
+def _assert_same(plain: tuple, fast: tuple) -> None:
+    out0, gx0, g0 = plain
+    out1, gx1, g1 = fast
+    _close(out1, out0)
+    _close(gx1, gx0)
+    assert g0.keys() == g1.keys() and len(g0) > 0
+    for name in g0:
+        scale = float(g0[name].abs().max()) + 1e-12
+        assert float((g1[name] - g0[name]).abs().max()) <= 1e-4 * scale + 1e-7, name
+
+
+def _reference_axis_attention(module: AxisAttention, x: torch.Tensor) -> torch.Tensor:
+    """The module as at commit f5dad27: transpose to the sequence axis, SDPA, transpose back."""
+    b, t, j, c = x.shape
+    qkv = module.qkv(x)
+    if module.axis == "temporal":
+        qkv = qkv.transpose(1, 2)
+    outer, length = qkv.shape[1], qkv.shape[2]
+    qkv = qkv.reshape(b * outer, length, 3, module.heads, c // module.heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, outer, length, c)
+    if module.axis == "temporal":
+        out = out.transpose(1, 2)
+    return module.proj(out)
+
+
+class _Reference(torch.nn.Module):
+    def __init__(self, module: AxisAttention) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _reference_axis_attention(self.module, x)
+
+
+@pytest.mark.parametrize("axis", ["spatial", "temporal"])
+@pytest.mark.parametrize("frames", [5, 27, 40, 81])
+@pytest.mark.parametrize("kernel", ["explicit", "sdpa", "auto"])
+def test_attention_kernels_match_the_f5dad27_module(axis, frames, kernel):
+    torch.manual_seed(0)
+    module = AxisAttention(32, 4, axis)
+    x = torch.randn(2, frames, 17, 32)
+    plain = _forward_and_grads(_Reference(module), x)
+    set_attention_kernel(kernel)
+    fast = _forward_and_grads(module, x)
+    _assert_same(plain, fast)
+
+
+def test_explicit_attention_equals_sdpa_on_raw_tensors():
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(6, 8, 27, 8, requires_grad=True) for _ in range(3))
+    out_e = attend(q, k, v, "explicit")
+    grads_e = torch.autograd.grad(out_e.pow(2).sum(), (q, k, v))
+    out_s = attend(q, k, v, "sdpa")
+    grads_s = torch.autograd.grad(out_s.pow(2).sum(), (q, k, v))
+    _close(out_e, out_s)
+    for a, b in zip(grads_e, grads_s):
+        _close(a, b)
+
+
+def test_kernel_choice_by_device_and_length():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_kernel(cpu, 17) == "explicit"
+    assert choose_kernel(cpu, attention_mod.EXPLICIT_MAX_LENGTH) == "explicit"
+    assert choose_kernel(cpu, attention_mod.EXPLICIT_MAX_LENGTH + 1) == "sdpa"
+    assert choose_kernel(cpu, 243) == "sdpa"
+    assert choose_kernel(cuda, 17) == "sdpa"  # GPUs always take SDPA (flash / memory-efficient)
+    set_attention_kernel("sdpa")
+    assert choose_kernel(cpu, 17) == "sdpa"
+    set_attention_kernel("explicit")
+    assert choose_kernel(cuda, 243) == "explicit"
+
+
+def test_kernel_switch_rejects_unknown_names(monkeypatch):
+    with pytest.raises(ValueError, match="attention kernel must be one of"):
+        set_attention_kernel("flash")
+    monkeypatch.setenv("DUALPOSE_ATTENTION", "fastest")
+    with pytest.raises(ValueError, match="DUALPOSE_ATTENTION must be one of"):
+        attention_mod._kernel_from_env()
+    monkeypatch.setenv("DUALPOSE_ATTENTION", "SDPA")
+    assert attention_mod._kernel_from_env() == "sdpa"
+
+
+@pytest.mark.parametrize("frames", [2, 3, 9, 27, 50])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_knn_index_select_gather_matches_plain_gather(frames, k):
+    torch.manual_seed(2)
+    module = TemporalKNNGCN(16, k)
+    x = torch.randn(2, frames, 5, 16)
+    module.fast_gather = False
+    plain = _forward_and_grads(module, x)
+    module.fast_gather = True
+    fast = _forward_and_grads(module, x)
+    _assert_same(plain, fast)
+
+
+def test_knn_aggregate_is_the_mean_of_the_chosen_neighbours():
+    """The fast gather picks V of exactly the neighbour frames of the same joint and sample."""
+    torch.manual_seed(3)
+    module = TemporalKNNGCN(8, 2)
+    x = torch.randn(2, 7, 3, 8)
+    neighbours = module.neighbours(x, 2)  # (B, J, T, k)
+    v = module.V(x)
+    captured = {}
+    module.norm.register_forward_hook(lambda mod, inp, out: captured.setdefault("agg_plus_u", inp[0]))
+    module(x)
+    expected = torch.empty_like(v)
+    for b in range(2):
+        for j in range(3):
+            for t in range(7):
+                expected[b, t, j] = v[b, neighbours[b, j, t], j].mean(dim=0)
+    _close(captured["agg_plus_u"] - module.U(x), expected)
+    assert not (neighbours == torch.arange(7).view(1, 1, 7, 1)).any()  # never a frame itself
+
+
+def _block(dim: int = 32, drop_path: float = 0.0) -> DualStreamBlock:
+    torch.manual_seed(4)
+    adjacency = torch.rand(17, 17)
+    block = DualStreamBlock(dim, 4, 2 * dim, adjacency, 2, layer_scale_init=0.7, drop_path=drop_path)
+    torch.nn.init.normal_(block.fusion.weight, 0.0, 0.3)  # not the equal-average initialisation
+    return block
+
+
+@pytest.mark.parametrize("frames", [6, 33])
+@pytest.mark.parametrize("mode", [True, "selective"])
+def test_checkpointed_block_gives_the_same_forward_and_gradients(frames, mode):
+    block = _block(drop_path=0.3).train()  # stochastic depth: the recomputation must redraw the same
+    x = torch.randn(4, frames, 17, 32)
+    block.checkpoint = False
+    torch.manual_seed(5)
+    plain = _forward_and_grads(block, x)
+    block.checkpoint = mode
+    torch.manual_seed(5)
+    fast = _forward_and_grads(block, x)
+    _assert_same(plain, fast)
+
+
+def test_checkpointing_switch_and_auto_rule():
+    model = DualPoseLifter(build_spec("XS", {"depth": 3}))
+    assert set_activation_checkpointing(model, True) == 3
+    assert all(b.checkpoint is True for b in model.backbone.blocks)
+    set_activation_checkpointing(model, "selective")
+    assert all(b.checkpoint == "selective" for b in model.backbone.blocks)
+    with pytest.raises(ValueError, match="activation checkpointing must be one of"):
+        set_activation_checkpointing(model, "sometimes")
+    # B and L at T=243 from batch 2 are checkpointed; XS and S at their training batch are not
+    assert should_checkpoint(2, 243, 17, 128)
+    assert not should_checkpoint(1, 243, 17, 64)
+    assert not should_checkpoint(4, 81, 17, 64)
+    assert not should_checkpoint(4, 27, 17, 64)
+
+
+def test_runtime_switches_leave_the_state_dict_unchanged():
+    block = _block()
+    keys = set(block.state_dict())
+    block.checkpoint = True
+    block.graph_temporal.mixer.fast_gather = False
+    assert set(block.state_dict()) == keys
+    assert not any("checkpoint" in k or "fast" in k for k in keys)
+    assert {"attn_spatial.mixer.qkv.weight", "attn_temporal.mixer.proj.bias", "fusion.weight",
+            "graph_temporal.mixer.V.weight"} <= keys
+
+
+def _set_paths(model: torch.nn.Module, fast: bool) -> None:
+    set_attention_kernel("auto" if fast else "sdpa")
+    set_activation_checkpointing(model, "selective" if fast else False)
+    for module in model.modules():
+        if isinstance(module, TemporalKNNGCN):
+            module.fast_gather = fast
+
+
+@pytest.mark.parametrize("frames", [9, 27, 40])
+def test_whole_model_fast_paths_match_plain_paths(frames):
+    """XS-width model (2 blocks, layer scale raised so that every mixer matters) at the design
+    T = 27 and at other lengths: all fast paths at once against all plain ones."""
+    torch.manual_seed(6)
+    model = DualPoseLifter(build_spec("XS", {"depth": 2, "layer_scale_init": 0.5})).train()
+    for block in model.backbone.blocks:
+        torch.nn.init.normal_(block.fusion.weight, 0.0, 0.3)
+    x = torch.randn(2, frames, 17, 3)
+    _set_paths(model, fast=False)
+    plain = _forward_and_grads(model, x)
+    _set_paths(model, fast=True)
+    fast = _forward_and_grads(model, x)
+    _assert_same(plain, fast)
+    model.eval()
+    with torch.no_grad():
+        out_fast = model(x)
+        _set_paths(model, fast=False)
+        _close(out_fast, model(x))
+
+
+def _forward_calls(block: DualStreamBlock, x: torch.Tensor, backward: bool = True) -> int:
+    """How often the block's first mixer runs for one forward (+ backward): 2 when checkpointed."""
+    calls = []
+    handle = block.attn_spatial.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        out = block(x.clone().requires_grad_(True))
+        if backward:
+            out.sum().backward()
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+def test_auto_checkpointing_recomputes_only_large_blocks(monkeypatch):
+    from dualpose.model import blocks as blocks_mod
+
+    block = _block().train()
+    x = torch.randn(2, 8, 17, 32)
+    assert block.checkpoint == "auto"
+    assert _forward_calls(block, x) == 1  # small: not checkpointed
+    monkeypatch.setattr(blocks_mod, "AUTO_CHECKPOINT_VALUES", 0)
+    assert _forward_calls(block, x) == 2  # "large": recomputed in the backward pass
+    for mode in (True, "full", "selective"):
+        block.checkpoint = mode
+        assert _forward_calls(block, x) == 2, mode
+    block.checkpoint = False
+    assert _forward_calls(block, x) == 1
+    block.checkpoint = True
+    block.eval()
+    with torch.no_grad():
+        assert _forward_calls(block, x, backward=False) == 1  # inference never checkpoints
