@@ -119,11 +119,19 @@ def measures(poses_cam: np.ndarray) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ CMU
-def cmu_rendered(lifter: Lifter, cmu: Path, max_sequences: int, seed: int) -> list[dict]:
+def cmu_rendered(lifter: Lifter, cmu: Path, max_sequences: int, seed: int,
+                 test_subjects: list[str] | None = None) -> list[dict]:
     with np.load(cmu, allow_pickle=False) as z:
         pos, starts, lengths = z["positions"] * 1000.0, z["seq_starts"], z["seq_lengths"]
         names, actions, fps = z["seq_names"].astype(str), z["actions"].astype(str), float(z["fps"])
-    test = np.flatnonzero(split_by_sequence(names, actions, 0.2, None, 0))[:max_sequences]
+        subjects = z["subjects"].astype(str) if "subjects" in z.files else None
+    if test_subjects:  # the split of profiles/cmu.yaml: whole subjects held out
+        if subjects is None:
+            raise SystemExit(f"{cmu} has no 'subjects' key: --test-subjects needs cmu_extra_train.npz")
+        test = np.flatnonzero(split_by_sequence(names, actions, 0.2, None, 0, subjects, test_subjects))
+    else:
+        test = np.flatnonzero(split_by_sequence(names, actions, 0.2, None, 0))
+    test = test[:: max(1, len(test) // max_sequences)][:max_sequences] if max_sequences else test[:0]
     rng = np.random.default_rng(seed)
     rows = []
     for s in test:
@@ -256,6 +264,8 @@ def main() -> int:
     ap.add_argument("--weights", default=None, help="weights folder or name (default: the packaged default)")
     ap.add_argument("--cmu", default=str(ROOT.parent / "shared" / "data" / "cmu" / "cmu_train.npz"))
     ap.add_argument("--max-sequences", type=int, default=6, help="CMU test sequences to render (0: skip CMU)")
+    ap.add_argument("--test-subjects", nargs="*", default=None,
+                    help="hold out these subjects (profiles/cmu.yaml: 06 09 14 of cmu_extra_train.npz)")
     ap.add_argument("--mediapipe-python", default=os.environ.get("DUALPOSE_MEDIAPIPE_PYTHON"),
                     help="python of an environment with mediapipe 0.10.21 (skips Sports2D when absent)")
     ap.add_argument("--workdir", default="/tmp/dualpose-video-quality")
@@ -274,7 +284,7 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     cmu_rows = []
     if args.max_sequences and Path(args.cmu).is_file():
-        cmu_rows = cmu_rendered(lifter, Path(args.cmu), args.max_sequences, seed=0)
+        cmu_rows = cmu_rendered(lifter, Path(args.cmu), args.max_sequences, seed=0, test_subjects=args.test_subjects)
     elif args.max_sequences:
         print(f"CMU data not found at {args.cmu}: skipping the CMU part", file=sys.stderr)
     s2d_rows, timing = [], {}
