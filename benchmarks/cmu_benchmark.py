@@ -78,7 +78,12 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     ap.add_argument("--epochs-10pct", type=int, default=10, help="finetuning epochs of the 10%%-label arms")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS-cmu")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (arms are recorded as ARM-seedN for N > 0)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the markdown from the JSON")
     args = ap.parse_args()
+    if args.report_only:
+        write_markdown(json.loads(args.out.with_suffix(".json").read_text()), args.out.with_suffix(".md"), args)
+        return
     if not (CMU / "cmu_extra_train.npz").exists():
         sys.exit(f"{CMU} lacks the CMU files: this benchmark reads ../shared/data/cmu")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -102,21 +107,23 @@ def main() -> None:
         results["pretrain_seconds"] = run(dp + ["pretrain", "--fresh"] + p, log)
         results["pretrain"] = json.loads((artifacts / "models" / "pretrain" / "metrics.json").read_text())
     for arm in args.arms:
-        record = {"overrides": ARMS[arm]}
-        record["finetune_seconds"] = run(dp + ["finetune", "--fresh"] + p + ARMS[arm], log)
+        overrides = ARMS[arm] + ["-o", f"seed={args.seed}"]
+        name = arm if args.seed == 0 else f"{arm}-seed{args.seed}"
+        record = {"overrides": overrides}
+        record["finetune_seconds"] = run(dp + ["finetune", "--fresh"] + p + overrides, log)
         record["finetune"] = json.loads((artifacts / "models" / "finetune" / "metrics.json").read_text())
-        record["evaluate_seconds"] = run(dp + ["evaluate"] + p + ARMS[arm], log)
+        record["evaluate_seconds"] = run(dp + ["evaluate"] + p + overrides, log)
         metrics = json.loads((artifacts / "eval" / "cmu" / "metrics_detail.json").read_text())
         record["test"] = {k: metrics.get(k) for k in METRICS}
         record["test"]["reference_windows_mpjpe_mm"] = metrics.get("reference_windows", {}).get("mpjpe_mm")
-        keep = args.work / "arms" / arm
+        keep = args.work / "arms" / name
         if keep.exists():
             shutil.rmtree(keep)
         shutil.copytree(artifacts / "models" / "finetune", keep)
         shutil.copy(artifacts / "eval" / "cmu" / "metrics_detail.json", keep / "test-metrics.json")
-        results["arms"][arm] = record
+        results["arms"][name] = record
         results_path.write_text(json.dumps(results, indent=1))
-        print(arm, json.dumps(record["test"]), flush=True)
+        print(name, json.dumps(record["test"]), flush=True)
     write_markdown(results, args.out.with_suffix(".md"), args)
 
 
@@ -146,9 +153,14 @@ def write_markdown(results: dict, path: Path, args) -> None:
     if "pretrain_seconds" in results:
         lines += ["", f"CRL pretraining: {results['pretrain']['steps']} steps in "
                       f"{results['pretrain_seconds'] / 60:.1f} min (shared by the crl arms)."]
-    lines += ["", "Command:", "", "```bash",
-              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python benchmarks/cmu_benchmark.py "
-              f"--epochs-10pct {args.epochs_10pct} --arms {' '.join(results['arms'])}", "```", ""]
+    lines += ["", "Each arm's overrides of the profile are in the JSON (`overrides`). Commands (1 thread per run; "
+              "the seed-1 arms ran in their own work folders):", "", "```bash",
+              "OMP_NUM_THREADS=1 python benchmarks/cmu_benchmark.py --epochs-10pct 10",
+              "OMP_NUM_THREADS=1 python benchmarks/cmu_benchmark.py --seed 1 --arms no-frame-order "
+              "--work /tmp/dualpose-cmu-no-frame-order --out /tmp/no-frame-order",
+              "OMP_NUM_THREADS=1 python benchmarks/cmu_benchmark.py --seed 1 --arms scratch "
+              "--work /tmp/dualpose-cmu-scratch --out /tmp/scratch",
+              "```", ""]
     path.write_text("\n".join(lines))
 
 

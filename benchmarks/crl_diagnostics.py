@@ -6,7 +6,7 @@ For the teacher targets (the average of the normalised contributions of the last
 - ``block_share``: ||h_K - e|| / ||e||, how far the blocks moved the tokens away from their
   embedding ``e`` (0 means every block is still an identity);
 - ``linear_r2``: the R^2 of the best linear map from each token's own input (x, y, confidence,
-  joint one-hot) to its target. Near 1, the target is a function of the token alone: predicting
+  joint one-hot, frame one-hot) to its target. Near 1, the target is a function of the token alone: predicting
   it for a masked token is masked 2D reconstruction, not contextual representation learning.
 
 Usage (after `benchmarks/crl_study.py`)::
@@ -46,8 +46,12 @@ def diagnose(params_path: str, clips: int = 256, top_k: int | None = None) -> di
     top = block_targets(blocks, k, params.pretrain.target, tap.collect())
     target = torch.stack([normalise_block_output(h, params.pretrain.target_norm) for h in top]).mean(0)
     share = float((blocks[-1] - embedded).norm() / embedded.norm())
-    j = x.shape[2]
-    features = torch.cat([x, torch.eye(j).expand(*x.shape[:2], j, j), torch.ones(*x.shape[:3], 1)], -1)
+    b, t, j = x.shape[:3]
+    # a token's own input: its 2D and confidence, which joint and which frame it is (the frame
+    # table is part of the token, not context)
+    joint = torch.eye(j).expand(b, t, j, j)
+    frame = torch.eye(t)[None, :, None, :].expand(b, t, j, t)
+    features = torch.cat([x, joint, frame, torch.ones(b, t, j, 1)], -1)
     a = features.reshape(-1, features.shape[-1]).double()
     y = target.reshape(-1, target.shape[-1]).double()
     solution = torch.linalg.lstsq(a, y).solution
