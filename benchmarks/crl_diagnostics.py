@@ -65,13 +65,60 @@ def diagnose(params_path: str, clips: int = 256, top_k: int | None = None) -> di
             "layer_scale_init": backbone.spec.layer_scale_init}
 
 
+@torch.no_grad()
+def candidate_targets(params_path: str, clips: int = 256) -> dict[str, float]:
+    """Token-local R² of other candidate targets of the same pretrained backbone (top K blocks),
+    from forward hooks on each branch's output before layer scale: which parts carry context?"""
+    params = load_params(params_path)
+    layout = Layout.from_root(params.storage.root)
+    data = StageData.load(params, layout)
+    train = ClipSet(data.table, data.index, "train")
+    items = np.random.default_rng(0).choice(len(train), size=min(clips, len(train)), replace=False)
+    x = train.batch(items)["input"]
+    backbone = load_weights(layout.model("pretrain")).eval()
+    rec: dict[int, dict[str, torch.Tensor]] = {}
+    for i, block in enumerate(backbone.blocks):
+        for sub in ("attn_spatial", "attn_temporal", "graph_spatial", "graph_temporal"):
+            for part in ("mixer", "mlp"):
+                getattr(getattr(block, sub), part).register_forward_hook(
+                    lambda m, inp, out, i=i, key=f"{sub}.{part}": rec.setdefault(i, {}).__setitem__(key, out))
+        block.fusion.register_forward_hook(lambda m, inp, out, i=i: rec.setdefault(i, {}).__setitem__("w", out))
+    _, blocks = backbone.forward_features(backbone.embed(x), return_blocks=True)
+    b, t, j = x.shape[:3]
+    features = torch.cat([x, torch.eye(j).expand(b, t, j, j), torch.eye(t)[None, :, None, :].expand(b, t, j, t),
+                          torch.ones(b, t, j, 1)], -1).reshape(-1, 3 + j + t + 1).double()
+
+    def r2(fn) -> float:
+        k = params.pretrain.top_k_blocks
+        y = torch.stack([normalise_block_output(fn(i), "instance") for i in range(len(blocks) - k, len(blocks))])
+        y = y.mean(0).reshape(-1, y.shape[-1]).double()
+        fit = features @ torch.linalg.lstsq(features, y).solution
+        return float(1 - ((fit - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+
+    def fused(i: int, a: str, g: str) -> torch.Tensor:
+        w = rec[i]["w"].softmax(-1)
+        return rec[i][a] * w[..., :1] + rec[i][g] * w[..., 1:]
+
+    return {
+        "block output": r2(lambda i: blocks[i]),
+        "fused FFN output (default target)": r2(lambda i: fused(i, "attn_temporal.mlp", "graph_temporal.mlp")),
+        "temporal mixers": r2(lambda i: fused(i, "attn_temporal.mixer", "graph_temporal.mixer")),
+        "temporal attention": r2(lambda i: rec[i]["attn_temporal.mixer"]),
+        "spatial attention": r2(lambda i: rec[i]["attn_spatial.mixer"]),
+        "spatial GCN": r2(lambda i: rec[i]["graph_spatial.mixer"]),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("params", nargs="+")
     ap.add_argument("--clips", type=int, default=256)
+    ap.add_argument("--candidates", action="store_true", help="also the token-local R² of other candidate targets")
     args = ap.parse_args()
     for path in args.params:
         print(json.dumps(diagnose(path, args.clips), indent=1))
+        if args.candidates:
+            print(json.dumps(candidate_targets(path, args.clips), indent=1))
 
 
 if __name__ == "__main__":
