@@ -241,7 +241,7 @@ def evaluate(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Ove
 def run_all(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = OverrideOpt):
     """Everything end to end: prepare -> clips -> mask -> pretrain -> finetune -> evaluate."""
     def body():
-        from dualpose.data.prepare import prepare_dataset
+        from dualpose.data.prepare import link_sources, prepare_dataset
         from dualpose.eval.evaluate import run_evaluation
         from dualpose.stages import build_clips, build_masks
         from dualpose.train.finetune import run_finetuning
@@ -250,6 +250,7 @@ def run_all(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Over
         params, layout, base = _context(params_path, overrides)
         name = params.train_dataset
         typer.secho(f"[1/6] prepare {name}", bold=True)
+        link_sources(params, name, layout, base)  # as `dvc repro`'s fetch stage, so dvc.lock matches a run
         prepared = prepare_dataset(params, name, layout, base)
         typer.echo(f"  {prepared.rows} frames, {prepared.videos} videos -> {prepared.folder}")
         typer.secho("[2/6] clips", bold=True)
@@ -261,7 +262,7 @@ def run_all(params_path: Path = ParamsOpt, overrides: Optional[list[str]] = Over
         typer.secho("[5/6] finetuning", bold=True)
         _echo_result(run_finetuning(params, layout, resume=False))
         typer.secho("[6/6] evaluation", bold=True)
-        _echo_evaluation(run_evaluation(params, layout))
+        _echo_evaluation(run_evaluation(params, layout, weights="best"))  # the model just trained, as dvc.yaml
     _run(body)
 
 

@@ -120,8 +120,9 @@ def prepare_dataset(params: Params, name: str, layout: Layout, base_dir: Path | 
         if not parts:
             raise ValueError(f"adapter {cfg.adapter!r} produced no tables for data set {name!r}")
         result = PreparedDataset(name, layout.tables(name), parts, splits, videos, time.perf_counter() - start)
-        (tmp / MANIFEST).write_text(json.dumps({**result.as_dict(), "adapter": cfg.adapter,
-                                                "skeleton": skeleton.name, "notes": notes}, indent=2))
+        facts = {k: v for k, v in result.as_dict().items() if k not in ("folder", "seconds")}
+        (tmp / MANIFEST).write_text(json.dumps({**facts, "adapter": cfg.adapter, "skeleton": skeleton.name,
+                                                "notes": notes}, indent=2))  # reproducible: no time, no path
     return result
 
 

@@ -277,6 +277,9 @@ class Trainer:
                 self.on_best(epoch, metrics)
 
 
+TIMING_KEYS = ("seq_per_s",)  # in TensorBoard and on the progress bar, not in the history files (DVC outputs)
+
+
 def write_history(history: list[dict], path: Path) -> None:
     """The whole history as one JSON list, plus ``<stem>-<kind>.json`` per record kind
     (``history-train.json``, ``history-validation.json``) for DVC plots and Dagster metadata."""
@@ -284,6 +287,7 @@ def write_history(history: list[dict], path: Path) -> None:
 
     path = Path(path)
     kinds = {"train": [], "validation": []}
+    history = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]  # reproducible files
     for record in history:
         kinds.setdefault(record.get("kind", "train"), []).append(record)
     outputs = {path: history, **{path.with_name(f"{path.stem}-{k}.json"): v for k, v in kinds.items()}}
