@@ -29,12 +29,13 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_runs import DUALPOSE, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "cmu.yaml"
@@ -62,16 +63,6 @@ def work_params(work: Path) -> Path:
     return path
 
 
-def run(cmd: list[str], log: Path) -> float:
-    start = time.perf_counter()
-    with log.open("a") as fh:
-        fh.write("$ " + " ".join(cmd) + "\n")
-        fh.flush()
-        subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT,
-                       env=dict(os.environ, DUALPOSE_PROGRESS="0"))
-    return time.perf_counter() - start
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/dualpose-cmu"))
@@ -91,7 +82,7 @@ def main() -> None:
     for arm in ("scratch-10pct", "crl-10pct"):
         ARMS[arm] = ARMS[arm] + ["-o", f"finetune.epochs={args.epochs_10pct}"]
     log = args.work / "log.txt"
-    dp = [sys.executable, "-m", "dualpose.cli"]
+    dp = DUALPOSE
     p = ["-p", str(params)]
     results_path = args.out.with_suffix(".json")
     results = json.loads(results_path.read_text()) if results_path.exists() else {"arms": {}}

@@ -29,16 +29,19 @@ from dualpose.train.crl import FFNTap, block_targets, normalise_block_output
 from dualpose.train.feeds import ClipSet, StageData
 
 
-@torch.no_grad()
-def diagnose(params_path: str, clips: int = 256, top_k: int | None = None) -> dict:
+def pretrained_and_clips(params_path: str, clips: int):
+    """(params, the pretrained backbone in eval mode, ``clips`` seeded training clips (B, T, J, 3))."""
     params = load_params(params_path)
     layout = Layout.from_root(params.storage.root)
     data = StageData.load(params, layout)
     train = ClipSet(data.table, data.index, "train")
     items = np.random.default_rng(0).choice(len(train), size=min(clips, len(train)), replace=False)
-    x = train.batch(items)["input"]
-    backbone = load_weights(layout.model("pretrain"))
-    backbone.eval()
+    return params, load_weights(layout.model("pretrain")).eval(), train.batch(items)["input"]
+
+
+@torch.no_grad()
+def diagnose(params_path: str, clips: int = 256, top_k: int | None = None) -> dict:
+    params, backbone, x = pretrained_and_clips(params_path, clips)
     k = top_k or params.pretrain.top_k_blocks
     tap = FFNTap(backbone)
     embedded = backbone.embed(x)
@@ -59,7 +62,7 @@ def diagnose(params_path: str, clips: int = 256, top_k: int | None = None) -> di
     r2 = float(1 - residual / ((y - y.mean(0)) ** 2).sum())
     layer_scales = [float(p.abs().mean()) for n, p in backbone.named_parameters() if "ls" in n.split(".")[-1]
                     or "layer_scale" in n or n.endswith(("gamma", "ls1", "ls2"))]
-    return {"params": params_path, "clips": int(len(items)), "top_k": k, "target": params.pretrain.target,
+    return {"params": params_path, "clips": int(len(x)), "top_k": k, "target": params.pretrain.target,
             "block_share": share, "linear_r2": r2,
             "mean_abs_layer_scale": float(np.mean(layer_scales)) if layer_scales else None,
             "layer_scale_init": backbone.spec.layer_scale_init}
@@ -69,13 +72,7 @@ def diagnose(params_path: str, clips: int = 256, top_k: int | None = None) -> di
 def candidate_targets(params_path: str, clips: int = 256) -> dict[str, float]:
     """Token-local R² of other candidate targets of the same pretrained backbone (top K blocks),
     from forward hooks on each branch's output before layer scale: which parts carry context?"""
-    params = load_params(params_path)
-    layout = Layout.from_root(params.storage.root)
-    data = StageData.load(params, layout)
-    train = ClipSet(data.table, data.index, "train")
-    items = np.random.default_rng(0).choice(len(train), size=min(clips, len(train)), replace=False)
-    x = train.batch(items)["input"]
-    backbone = load_weights(layout.model("pretrain")).eval()
+    params, backbone, x = pretrained_and_clips(params_path, clips)
     rec: dict[int, dict[str, torch.Tensor]] = {}
     for i, block in enumerate(backbone.blocks):
         for sub in ("attn_spatial", "attn_temporal", "graph_spatial", "graph_temporal"):

@@ -20,14 +20,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_runs import DUALPOSE, run  # noqa: E402
 from crl_diagnostics import diagnose  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,16 +51,6 @@ def study_params(root: Path, args) -> dict:
     params["finetune"].update({"epochs": args.finetune_epochs, "batch_size": args.finetune_batch,
                                "label_fraction": args.label_fraction})
     return params
-
-
-def run(cmd: list[str], log: Path) -> float:
-    start = time.perf_counter()
-    with log.open("a") as fh:
-        fh.write("$ " + " ".join(cmd) + "\n")
-        fh.flush()
-        subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT,
-                       env=dict(os.environ, DUALPOSE_PROGRESS="0"))
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -96,7 +85,7 @@ def main() -> None:
     if not CMU.exists():
         sys.exit(f"{CMU} not found: this study needs the CMU data in ../shared/data/cmu")
 
-    dp = [sys.executable, "-m", "dualpose.cli"]
+    dp = DUALPOSE
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
