@@ -94,8 +94,8 @@ def main() -> int:
     det_lift = timing["detector_s"] + s.get("lifter", 0.0)
     lines = ["# Video speed: `dualpose infer` end to end on CPU", "",
              f"Produced by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
-             f"Machine: {os.cpu_count()} CPU cores, shared with other jobs; load average (1/5/15 min) at start: "
-             f"{load} (so these are lower bounds of what the cores can do alone). torch threads: "
+             f"Machine: {os.cpu_count()} CPU cores; load average (1/5/15 min) at start: {load} (other jobs on "
+             "the cores make these figures lower bounds). torch threads: "
              f"{torch.get_num_threads()}.",
              f"Input: Sports2D demo.mp4, {frames} frames, {run.result.width}x{run.result.height}.", "",
              "| step | seconds | frames/s |", "|---|---:|---:|"]
