@@ -89,6 +89,12 @@ def test_person_rule_and_errors(tmp_path, weights):
     assert res.exit_code == 2 and "k.json: field 'width'" in res.output
     unknown = CliRunner().invoke(app, ["infer", str(SAMPLE_FILE), "--weights", "no-such-weights"])
     assert unknown.exit_code == 2 and "no-such-weights" in unknown.output
+    # --render needs pictures to draw on: refused before anything is written
+    nothing = tmp_path / "render"
+    render = CliRunner().invoke(app, ["infer", str(SAMPLE_FILE), "--weights", str(weights), "--out", str(nothing),
+                                      "--render"])
+    assert render.exit_code == 2 and "'--render': expected a video or image folder to draw on" in render.output
+    assert not nothing.exists()
 
 
 def test_mirrored_input_gives_mirrored_output(tmp_path, weights, scene):

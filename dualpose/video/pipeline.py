@@ -186,6 +186,8 @@ def run_infer(source: str | os.PathLike, out_dir: str | os.PathLike, lifter: Lif
               detector=None, stature_given: bool = False) -> InferRun:
     """Everything ``dualpose infer`` does; returns the result, the files written and the timings."""
     source, out_dir = Path(source), Path(out_dir)
+    if options.render and source.exists() and source_kind(source) == "keypoints":  # refuse before any work
+        raise DataFormatError(source, "--render", "a video or image folder to draw on", "a keypoint file")
     timer = Timer()
     det = detect(source, options, timer, detector)
     result = lift_detections(det, lifter, options, timer)
@@ -199,8 +201,6 @@ def run_infer(source: str | os.PathLike, out_dir: str | os.PathLike, lifter: Lif
         files["html"] = write_viewer(result, out_dir / "viewer.html", title=f"DualPose: {source.name}")
         t0 = timer.add("viewer", t0)
     if options.render and result.tracks:
-        if source_kind(source) == "keypoints":
-            raise DataFormatError(source, "--render", "a video or image folder to draw on", "a keypoint file")
         from dualpose.video.render import render_video
 
         render_timer = Timer()
