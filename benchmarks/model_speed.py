@@ -19,16 +19,15 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_step import model_step, rss_mib  # noqa: E402
 
 DEFAULT_TRAIN_BATCH = {"XS": 8, "S": 8, "B": 2, "L": 2}
-
-
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def measure(variant: str, mode: str, batch: int, repeats: int, threads: int) -> dict:
@@ -42,22 +41,8 @@ def measure(variant: str, mode: str, batch: int, repeats: int, threads: int) -> 
     model = DualPoseLifter(spec)
     x = torch.randn(batch, spec.T, spec.num_joints, spec.in_channels)
     y = torch.randn(batch, spec.T, spec.num_joints, spec.out_channels)
-    base_rss = _rss_mib()
-    if mode == "infer":
-        model.eval()
-
-        def step() -> None:
-            with torch.no_grad():
-                model(x)
-    else:
-        model.train()
-        optim = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
-
-        def step() -> None:
-            optim.zero_grad(set_to_none=True)
-            loss = (model(x) - y).norm(dim=-1).mean()
-            loss.backward()
-            optim.step()
+    base_rss = rss_mib()
+    step = model_step(model, x, y, mode)
 
     step()  # warm-up (allocator, optimiser state)
     times = []
@@ -70,7 +55,7 @@ def measure(variant: str, mode: str, batch: int, repeats: int, threads: int) -> 
         "variant": variant, "mode": mode, "batch": batch, "T": spec.T, "threads": threads,
         "seconds_best": best, "seconds_mean": mean, "repeats": repeats,
         "frames_per_s": batch * spec.T / mean, "sequences_per_s": batch / mean,
-        "peak_rss_mib": _rss_mib(), "model_rss_mib": base_rss,
+        "peak_rss_mib": rss_mib(), "model_rss_mib": base_rss,
     }
 
 

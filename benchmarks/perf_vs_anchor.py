@@ -38,13 +38,15 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_step import model_step, rss_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BEFORE_COMMIT = "f5dad27"
@@ -65,10 +67,6 @@ ANCHOR_OURS = {
     ("B", "infer1"): 197, ("B", "infer8"): 152, ("B", "train"): 72, ("B", "rss"): 6406,
 }
 DESIGN_T = {"XS": 27, "S": 81, "B": 243, "L": 243}
-
-
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def measure(side: str, variant: str, mode: str, batch: int, warmup: int, repeats: int, budget: float) -> dict:
@@ -96,21 +94,7 @@ def measure(side: str, variant: str, mode: str, batch: int, warmup: int, repeats
         model.backbone.compile_blocks(dynamic=True)
     x = torch.randn(batch, spec.T, spec.num_joints, spec.in_channels)
     y = torch.randn(batch, spec.T, spec.num_joints, spec.out_channels)
-    if mode == "infer":
-        model.eval()
-
-        def step() -> None:
-            with torch.no_grad():
-                model(x)
-    else:
-        model.train()
-        optim = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
-
-        def step() -> None:
-            optim.zero_grad(set_to_none=True)
-            loss = (model(x) - y).norm(dim=-1).mean()
-            loss.backward()
-            optim.step()
+    step = model_step(model, x, y, mode)
 
     for _ in range(warmup):
         step()
@@ -124,7 +108,7 @@ def measure(side: str, variant: str, mode: str, batch: int, warmup: int, repeats
     import dualpose
     return {"side": side, "variant": variant, "mode": mode, "batch": batch, "T": spec.T,
             "seconds_median": median, "seconds_all": times, "frames_per_s": batch * spec.T / median,
-            "peak_rss_mib": _rss_mib(), "code": str(Path(dualpose.__file__).parent)}
+            "peak_rss_mib": rss_mib(), "code": str(Path(dualpose.__file__).parent)}
 
 
 def before_tree(root: Path) -> Path:

@@ -1,0 +1,33 @@
+"""What the model speed benchmarks time: one inference or one training step, and peak memory."""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Callable
+
+import torch
+
+
+def rss_mib() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def model_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str) -> Callable[[], None]:
+    """``mode="infer"``: a no-grad forward in eval mode; otherwise forward + backward + AdamW step."""
+    if mode == "infer":
+        model.eval()
+
+        def step() -> None:
+            with torch.no_grad():
+                model(x)
+        return step
+    model.train()
+    optim = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
+
+    def train_step() -> None:
+        optim.zero_grad(set_to_none=True)
+        loss = (model(x) - y).norm(dim=-1).mean()
+        loss.backward()
+        optim.step()
+    return train_step
