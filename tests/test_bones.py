@@ -264,7 +264,8 @@ def test_infer_fixes_bones_by_default_and_keeps_the_raw_3d(tmp_path, weights):
         np.testing.assert_allclose(z["poses_3d"], arrays["poses_3d_raw"], atol=1e-6)
         assert json.loads(str(z["meta"]))["bone_lengths"] == {"mode": "raw"}
         assert json.loads(str(z["meta"]))["tracks"][0]["bone_lengths_mm"] is None
-    assert not any(c.startswith(("world_raw_", "cam_raw_")) for c in pq.read_table(raw_out / "poses.parquet").column_names)
+    columns = pq.read_table(raw_out / "poses.parquet").column_names
+    assert not any(c.startswith(("world_raw_", "cam_raw_")) for c in columns)
 
 
 def test_infer_refuses_an_unknown_bones_mode_before_any_work(tmp_path, weights):
