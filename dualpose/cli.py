@@ -314,6 +314,8 @@ def infer(source: Path = typer.Argument(..., help="A video file, a folder of ima
           cx: Optional[float] = typer.Option(None, help="Principal point x in pixels (default: image centre)."),
           cy: Optional[float] = typer.Option(None, help="Principal point y in pixels (default: image centre)."),
           smooth: bool = typer.Option(False, help="Also write One-Euro smoothed poses (raw ones are kept)."),
+          bones: str = typer.Option("fixed", help="fixed: one length per bone per track, imposed on every frame "
+                                    "(unconstrained 3D kept as *_raw); raw: as lifted."),
           render: bool = typer.Option(False, help="Render render.mp4: video + 2D overlay beside the 3D view."),
           viewer: bool = typer.Option(True, help="Write viewer.html, an offline interactive 3D viewer."),
           formats: str = typer.Option("npz,parquet,csv,json", help="Comma-separated output formats."),
@@ -336,7 +338,7 @@ def infer(source: Path = typer.Argument(..., help="A video file, a folder of ima
         lifter = Lifter.from_weights(folder, device=device, flip=flip, name=weights or folder.name)
         options = InferOptions(keypoint_format=fmt, person=person, fps=fps, width=width, height=height,
                                stature_mm=stature_mm or 1700.0, focal_px=focal_px, cx=cx, cy=cy, smooth=smooth,
-                               render=render,
+                               bones=bones, render=render,
                                viewer=viewer, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                                flip=flip, stride=stride, device=device, max_frames=max_frames,
                                detector_python=detector_python)

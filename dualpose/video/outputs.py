@@ -18,6 +18,7 @@ from dualpose.io.atomic import atomic_path
 from dualpose.skeleton import Skeleton
 
 FORMATS = ("npz", "parquet", "csv", "json")
+RAW_KEYS = ("poses_3d", "poses_3d_mm", "world_mm")  # kept unconstrained as <key>_raw beside fixed bone lengths
 AXES = {
     "poses_3d": "camera: x right, y down, z away from the camera; pelvis (root) at the origin",
     "poses_3d_mm": "camera: x right, y down, z away from the camera; pelvis (root) at the origin",
@@ -26,6 +27,7 @@ AXES = {
     "kp2d": "image: u right, v down, pixels from the top-left corner",
 }
 UNITS = {"poses_3d": "normalised (codec units: 2 / (factor_2_5d * width))", "poses_3d_mm": "mm",
+         "bone_lengths_mm": "mm",
          "root_mm": "mm", "world_mm": "mm", "kp2d": "px", "conf2d": "[0, 1]", "time_s": "s"}
 
 
@@ -42,6 +44,9 @@ class LiftedTrack:
     world_mm: np.ndarray  # (F, J, 3)
     scale_mm_per_unit: float
     smoothed: dict[str, np.ndarray] = field(default_factory=dict)  # "poses_3d_mm", "world_mm"
+    # with fixed bone lengths: the unconstrained 3D ("poses_3d", "poses_3d_mm", "world_mm") and the lengths
+    raw: dict[str, np.ndarray] = field(default_factory=dict)
+    bone_lengths_mm: np.ndarray | None = None  # (B,) in skeleton.bones order
 
     @property
     def confidence(self) -> np.ndarray:
@@ -58,7 +63,8 @@ class InferenceResult:
     meta: dict[str, Any]
 
     def rows(self) -> dict[str, np.ndarray]:
-        """Every array stacked over (track, frame) rows, plus the smoothed copies when present."""
+        """Every array stacked over (track, frame) rows, plus the smoothed and raw (unconstrained
+        bone lengths) copies when present."""
         t = self.tracks
         out: dict[str, np.ndarray] = {
             "track": _cat([np.full(len(x.frame), x.track_id) for x in t], (0,), np.int32),
@@ -73,6 +79,9 @@ class InferenceResult:
             out[key] = _cat([getattr(x, key) for x in t], shape, np.float32)
         for key in sorted({k for x in t for k in x.smoothed}):
             out[f"{key}_smooth"] = _cat([x.smoothed[key] for x in t], (0, j, 3), np.float32)
+        for key in RAW_KEYS:
+            if t and all(key in x.raw for x in t):
+                out[f"{key}_raw"] = _cat([x.raw[key] for x in t], (0, j, 3), np.float32)
         return out
 
 
@@ -85,7 +94,9 @@ def metadata(result: InferenceResult) -> dict[str, Any]:
             "bones": [list(b) for b in result.skeleton.bones], "fps": result.fps, "width": result.width,
             "height": result.height, "units": UNITS, "axes": AXES,
             "tracks": [{"id": x.track_id, "first_frame": int(x.frame[0]), "frames": int(len(x.frame)),
-                        "detected_frames": int(x.valid.sum()), "scale_mm_per_unit": x.scale_mm_per_unit}
+                        "detected_frames": int(x.valid.sum()), "scale_mm_per_unit": x.scale_mm_per_unit,
+                        "bone_lengths_mm": None if x.bone_lengths_mm is None else
+                        [float(v) if np.isfinite(v) else None for v in x.bone_lengths_mm]}
                        for x in result.tracks]}
 
 
@@ -99,7 +110,8 @@ def write_npz(result: InferenceResult, path: Path) -> Path:
 
 
 def table_columns(result: InferenceResult) -> dict[str, np.ndarray]:
-    """Flat columns: ids, then per joint world (mm), root-relative camera (mm), 2D (px), confidence."""
+    """Flat columns: ids, then per joint world (mm), (smoothed world), root-relative camera (mm),
+    (raw world and camera: unconstrained bone lengths), 2D (px), confidence."""
     rows = result.rows()
     cols: dict[str, np.ndarray] = {k: rows[k] for k in ("track", "frame", "time_s", "valid", "confidence")}
     for i, axis in enumerate("xyz"):
@@ -108,6 +120,8 @@ def table_columns(result: InferenceResult) -> dict[str, np.ndarray]:
     groups = [("world", "world_mm", "xyz", "_mm"), ("cam", "poses_3d_mm", "xyz", "_mm"), ("img", "kp2d", "uv", "_px")]
     if "world_mm_smooth" in rows:
         groups.insert(1, ("world_smooth", "world_mm_smooth", "xyz", "_mm"))
+    if "world_mm_raw" in rows:  # unconstrained bone lengths, after the constrained columns
+        groups[-1:-1] = [("world_raw", "world_mm_raw", "xyz", "_mm"), ("cam_raw", "poses_3d_mm_raw", "xyz", "_mm")]
     for prefix, key, axes, unit in groups:
         for j, name in enumerate(names):
             for i, axis in enumerate(axes):
@@ -150,6 +164,9 @@ def write_json(result: InferenceResult, path: Path) -> Path:
                     kp2d=r(x.kp2d))
         for key, value in x.smoothed.items():
             meta[f"{key}_smooth"] = r(value)
+        for key in ("world_mm", "poses_3d_mm"):
+            if key in x.raw:
+                meta[f"{key}_raw"] = r(x.raw[key])
     text = json.dumps(doc, allow_nan=False)
     with atomic_path(path, suffix=".json") as tmp:
         Path(tmp).write_text(text)

@@ -1,7 +1,14 @@
 """``dualpose infer``: a video, an image folder or a keypoint file -> 3D per person -> files.
 
 Steps (each timed, for benchmarks/video_speed.py): decode -> detector -> tracking -> lifter
-(per track) -> metric scale, trajectory, floor, optional smoothing -> outputs -> rendering.
+(per track) -> bone lengths fixed per track -> metric scale, trajectory, floor, optional smoothing
+(bone lengths imposed again on the smoothed poses) -> outputs -> rendering.
+
+Why bones before scale: the stature scale and the root trajectory are then computed from a body
+whose size does not change from frame to frame (the lengths are estimated in the model's units;
+scaling is uniform, so they carry over to mm exactly). Why again after smoothing: the One-Euro
+filter averages joint positions over time, which shortens rotating bones; the same per-track
+lengths (in mm) are imposed on the smoothed poses so that every output keeps them.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dualpose.errors import DataFormatError
 from dualpose.keypoint_formats import get_format
 from dualpose.skeleton import H36M_17
 from dualpose.video import decode
+from dualpose.video.bones import BoneOptions, constrain_track, impose_bone_lengths
 from dualpose.video.detectors import Detections, load_keypoint_file, people_to_detections
 from dualpose.video.lift import Lifter
 from dualpose.video.metric import Intrinsics, root_trajectory, stature_scale, world_frame
@@ -43,6 +51,8 @@ class InferOptions:
     focal_px: float | None = None
     cx: float | None = None
     cy: float | None = None
+    bones: str = "fixed"  # "fixed": one length per bone per track (dualpose.video.bones); "raw": as lifted
+    bone_options: BoneOptions = field(default_factory=BoneOptions)
     smooth: bool = False
     smooth_min_cutoff_hz: float = 1.0
     smooth_beta: float = 0.01  # per mm/s
@@ -135,7 +145,17 @@ def detect(path: Path, options: InferOptions, timer: Timer, detector=None) -> De
                                 skeleton=H36M_17)
 
 
+BONE_MODES = ("fixed", "raw")
+
+
+def check_bones_option(options: InferOptions) -> None:
+    if options.bones not in BONE_MODES:
+        raise ValueError(f"--bones {options.bones!r}: expected one of {', '.join(BONE_MODES)}")
+
+
 def lift_detections(det: Detections, lifter: Lifter, options: InferOptions, timer: Timer) -> InferenceResult:
+    check_bones_option(options)
+    fixed = options.bones == "fixed"
     t0 = time.perf_counter()
     tracks = select_tracks(det, build_tracks(det, options.tracking), options.person)
     t0 = timer.add("tracking", t0)
@@ -148,26 +168,45 @@ def lift_detections(det: Detections, lifter: Lifter, options: InferOptions, time
         pred = lifter.lift(kp, conf, det.width, det.height, det.fps, options.stride)
         t0 = timer.add("lifter", t0)
         valid = (conf > 0).sum(-1) >= options.tracking.min_joints
+        raw = pred
+        lengths = None
+        if fixed:
+            pred, lengths = constrain_track(raw, sk, conf, valid, options.bone_options)
+            t0 = timer.add("bones", t0)
         scale = stature_scale(pred[valid], sk, options.stature_mm)
         mm = pred * scale
         root = root_trajectory(mm, kp, conf, cam)
-        lifted.append(LiftedTrack(track.track_id, frames, kp, conf, valid, pred, mm.astype(np.float32),
-                                  root.astype(np.float32), np.empty(0), float(scale)))
+        t = LiftedTrack(track.track_id, frames, kp, conf, valid, pred, mm.astype(np.float32),
+                        root.astype(np.float32), np.empty(0), float(scale))
+        if fixed:
+            t.raw = {"poses_3d": raw, "poses_3d_mm": (raw * scale).astype(np.float32)}
+            t.bone_lengths_mm = (lengths * scale).astype(np.float32)
+        lifted.append(t)
         timer.add("metric", t0)
     t0 = time.perf_counter()
     if lifted:  # one world frame (up, floor, origin) shared by everybody in the video
         rot, origin = world_frame([t.poses_3d_mm + t.root_mm[:, None] for t in lifted], sk, options.stature_mm)
         for t in lifted:
             t.world_mm = ((t.poses_3d_mm + t.root_mm[:, None]) @ rot.T - origin).astype(np.float32)
+            if t.raw:  # the same root and world frame: only the body differs
+                t.raw["world_mm"] = ((t.raw["poses_3d_mm"] + t.root_mm[:, None]) @ rot.T - origin).astype(np.float32)
             if options.smooth:
                 for key in ("poses_3d_mm", "world_mm"):
-                    t.smoothed[key] = one_euro(getattr(t, key), det.fps, options.smooth_min_cutoff_hz,
-                                               options.smooth_beta).astype(np.float32)
+                    smooth = one_euro(getattr(t, key), det.fps, options.smooth_min_cutoff_hz, options.smooth_beta)
+                    if t.bone_lengths_mm is not None and np.isfinite(t.bone_lengths_mm).all():
+                        smooth = impose_bone_lengths(smooth, sk, t.bone_lengths_mm, t.valid,
+                                                     options.bone_options.method, options.bone_options.iterations)
+                    t.smoothed[key] = smooth.astype(np.float32)
     timer.add("metric", t0)
     meta = {"source": det.source, "detector": det.detector, "weights": lifter.name,
             "model_fps": lifter.model_fps, "flip_tta": lifter.flip, "person_rule": options.person,
             "stature_mm": options.stature_mm, "stature_assumed": True,
             "intrinsics": {"focal_px": cam.focal_px, "cx": cam.cx, "cy": cam.cy, "assumed": cam.assumed},
+            "bone_lengths": {"mode": "fixed", "method": options.bone_options.method,
+                             "symmetric": options.bone_options.symmetric,
+                             "iterations": options.bone_options.iterations,
+                             "estimate": "median over detected frames, weighted by the bone's lower 2D confidence"}
+            if fixed else {"mode": "raw"},
             "smoothing": {"method": "one-euro", "min_cutoff_hz": options.smooth_min_cutoff_hz,
                           "beta": options.smooth_beta} if options.smooth else None,
             "num_frames": det.num_frames}
@@ -188,6 +227,7 @@ def run_infer(source: str | os.PathLike, out_dir: str | os.PathLike, lifter: Lif
     source, out_dir = Path(source), Path(out_dir)
     if options.render and source.exists() and source_kind(source) == "keypoints":  # refuse before any work
         raise DataFormatError(source, "--render", "a video or image folder to draw on", "a keypoint file")
+    check_bones_option(options)
     timer = Timer()
     det = detect(source, options, timer, detector)
     result = lift_detections(det, lifter, options, timer)
