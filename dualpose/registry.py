@@ -5,6 +5,7 @@
     <root>/models/versions/<id>/weights/      model.safetensors + config.json (a copy of finetune/best)
     <root>/models/versions/<id>/version.json  metrics, benchmark score, config, lineage
     <root>/models/champion.json               {"version": <id>, ...}: the model that serves
+    <root>/models/champion-metrics.json       the champion's id and summary metrics, for `dvc metrics show`
 
 Every training run is registered as a new version (:meth:`ModelRegistry.register`); nothing is
 overwritten. The champion moves only through :meth:`ModelRegistry.promote`, which writes the whole
@@ -12,7 +13,10 @@ pointer at once (a rename on local disk, one PUT on S3, both atomic for readers)
 :func:`decide` says the challenger beats the champion's score on the same benchmark (data set,
 split and data fingerprint) by at least ``registry.promotion_margin_mm``. A failed or worse run
 therefore never touches the champion. :meth:`ModelRegistry.restore` points it back at any earlier
-version by hand. Imports nothing of Dagster or DVC.
+version by hand. Every move of the pointer also rewrites ``champion-metrics.json`` (a flat file
+derived from the pointer and the version: see :func:`champion_metrics`), which dvc.yaml declares as a
+top-level metric so that ``dvc metrics show`` names the champion next to the model just evaluated.
+Imports nothing of Dagster or DVC.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from pathlib import Path
 
 from dualpose.config import Params
 from dualpose.errors import ConfigError
+from dualpose.eval.report import SUMMARY_METRIC_KEYS
 from dualpose.io.digest import tree_digest as file_digest
 from dualpose.io.storage import Storage
 
 VERSIONS = "models/versions"
 CHAMPION = "models/champion.json"
+CHAMPION_METRICS = "models/champion-metrics.json"
 WEIGHT_FILES = ("model.safetensors", "config.json")
 
 
@@ -109,6 +115,26 @@ def decide(challenger: dict, champion: dict | None, margin_mm: float) -> Decisio
                         f"(margin {margin_mm:g} mm)", score, best)
     return Decision(False, f"{score:.2f} mm does not beat the champion's {best:.2f} mm by the margin of "
                     f"{margin_mm:g} mm", score, best)
+
+
+def champion_metrics(version: dict) -> dict:
+    """The few keys ``dvc metrics show`` tabulates for the champion ``version`` (a version record).
+
+    ``version`` (its id) and ``benchmark`` (``dataset/split``) name it; the numbers are its evaluation's
+    summary metrics under the same keys as ``eval/<dataset>/metrics.json``, so the champion's row and
+    the freshly evaluated model's row share columns. The benchmark score is always there.
+    """
+    bench = version.get("benchmark") or {}
+    evaluation = version.get("evaluation") or {}
+    out: dict = {"version": version["id"], "benchmark": f"{bench.get('dataset')}/{bench.get('split')}"}
+    for key in SUMMARY_METRIC_KEYS:
+        value = evaluation.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[key] = value
+    score = benchmark_score(version)
+    if bench.get("metric") and score is not None:
+        out.setdefault(bench["metric"], score)
+    return out
 
 
 def _now() -> dt.datetime:
@@ -234,13 +260,37 @@ class ModelRegistry:
         pointer = {"version": version_id, "promoted_at": _now().isoformat(timespec="seconds"), "reason": reason,
                    "how": how, "weights": self.weights_name(version_id), "history": history}
         self._write_json(CHAMPION, pointer)
+        self.sync_champion_metrics()
         return pointer
 
+    def sync_champion_metrics(self) -> dict | None:
+        """(Re)write ``models/champion-metrics.json`` from the champion when it is missing or stale.
+
+        Returns what the file holds, or None without a champion (then nothing is written). The pointer
+        is written first and stays the truth: this file is derived and can always be rebuilt from it.
+        """
+        champion = self.champion_version()
+        if champion is None:
+            return None
+        wanted = champion_metrics(champion)
+        try:
+            current = self._read_json(CHAMPION_METRICS)
+        except ConfigError:
+            current = None  # unreadable: rewrite it
+        if current != wanted:
+            self.storage.write_text(CHAMPION_METRICS, json.dumps(wanted, indent=2, allow_nan=False) + "\n")
+        return wanted
+
     def promote_if_better(self, version_id: str, margin_mm: float) -> tuple[Decision, dict | None]:
-        """Apply :func:`decide` to ``version_id`` against the current champion; move the pointer if it says so."""
+        """Apply :func:`decide` to ``version_id`` against the current champion; move the pointer if it says so.
+
+        When the champion stays, its pointer is not written; only a missing or stale champion metrics
+        file is brought up to date (:meth:`sync_champion_metrics`)."""
         decision = decide(self.version(version_id), self.champion_version(), margin_mm)
-        pointer = self._point(version_id, decision.reason, "promotion") if decision.promote else None
-        return decision, pointer
+        if decision.promote:
+            return decision, self._point(version_id, decision.reason, "promotion")
+        self.sync_champion_metrics()
+        return decision, None
 
     def restore(self, version_id: str, reason: str = "restored by hand") -> dict:
         """Make ``version_id`` the champion whatever its score (undo a promotion, roll back)."""

@@ -11,7 +11,7 @@ import json
 import dagster as dg
 import pytest
 
-from dualpose.registry import CHAMPION, ModelRegistry, resolve_weights
+from dualpose.registry import CHAMPION, CHAMPION_METRICS, ModelRegistry, resolve_weights
 from tests.pipelines_support import DATASET, load_definitions, make_resources, tiny_params, write_params
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*expected_writer_count.*")
@@ -71,6 +71,9 @@ def test_weekly_retraining_promotes_then_protects_the_champion(tmp_path, monkeyp
         assert _meta(first, "champion_model", "promoted") is True
         assert _meta(first, "champion_model", "reason") == "no champion yet"
         assert registry.champion()["version"] == v1["id"]
+        shown = json.loads((root / CHAMPION_METRICS).read_text())  # the champion's row in `dvc metrics show`
+        assert shown["version"] == v1["id"] and shown["mpjpe_mm"] == pytest.approx(metrics["mpjpe_mm"])
+        assert _meta(first, "champion_model", "champion_metrics") == shown
         checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
         assert checks["benchmark_score_finite"] and checks["champion_is_best_known"]
         assert resolve_weights(root, "champion") == root / "models" / "versions" / v1["id"] / "weights"
@@ -85,6 +88,7 @@ def test_weekly_retraining_promotes_then_protects_the_champion(tmp_path, monkeyp
         assert "does not beat the champion" in _meta(second, "champion_model", "reason")
         assert _meta(second, "champion_model", "champion") == v1["id"]
         assert (root / CHAMPION).read_bytes() == pointer
+        assert json.loads((root / CHAMPION_METRICS).read_text())["version"] == v1["id"]
 
         # 3. a failed retraining (an invalid setting fails the run's first training step): no version,
         # the champion untouched

@@ -5,7 +5,8 @@ moves to it only when it beats the champion on the benchmark by ``registry.promo
   the benchmark (the test split of ``train_dataset``) and its lineage (data fingerprint, params
   hash, code version, Dagster run id) under ``models/versions/<id>/`` (:mod:`dualpose.registry`).
   Its blocking check ``benchmark_score_finite`` stops a version without a usable score from going on.
-- ``champion_model``: the promotion decision; moves ``models/champion.json`` or leaves it. Its
+- ``champion_model``: the promotion decision; moves ``models/champion.json`` or leaves it (and keeps
+  ``models/champion-metrics.json``, the champion's row in ``dvc metrics show``, in step). Its
   check ``champion_is_best_known`` warns when the champion is worse than another version scored on
   the same benchmark by more than the margin (e.g. after a manual restore).
 
@@ -16,7 +17,7 @@ import json
 
 import dagster as dg
 
-from dualpose.registry import ModelRegistry, benchmark_score, data_files
+from dualpose.registry import ModelRegistry, benchmark_score, champion_metrics, data_files
 from pipelines import settings
 from pipelines.defs.resources import DualPoseConfig, StorageResource
 from pipelines.staging import NAMES
@@ -83,6 +84,8 @@ def build_registry_assets(train_dataset: str) -> list:
         metadata = {"promoted": decision.promote, "challenger": challenger,
                     "champion": current["version"] if current else "none", "reason": decision.reason,
                     "margin_mm": float(params.registry.promotion_margin_mm)}
+        if current:  # what `dvc metrics show` lists for the champion (models/champion-metrics.json)
+            metadata["champion_metrics"] = dg.MetadataValue.json(champion_metrics(registry.version(current["version"])))
         for key, value in (("challenger_mm", decision.challenger_mm), ("champion_mm_before", decision.champion_mm),
                            ("delta_mm", decision.delta_mm)):
             if value is not None:
