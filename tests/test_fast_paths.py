@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from dualpose.model import DualPoseLifter, build_spec
 from dualpose.model import attention as attention_mod
 from dualpose.model.attention import AxisAttention, attend, choose_kernel, set_attention_kernel
-from dualpose.model.blocks import DualStreamBlock, set_activation_checkpointing, should_checkpoint
+from dualpose.model.blocks import (DualStreamBlock, gpu_memory_would_overflow, set_activation_checkpointing,
+                                   should_checkpoint)
 from dualpose.model.gcn import TemporalKNNGCN
 
 
@@ -189,6 +190,17 @@ def test_checkpointing_switch_and_auto_rule():
     assert not should_checkpoint(1, 243, 17, 64)
     assert not should_checkpoint(4, 81, 17, 64)
     assert not should_checkpoint(4, 27, 17, 64)
+    assert should_checkpoint(2, 243, 17, 128, device=torch.device("cpu"))  # the CPU rule, explicitly
+
+
+def test_gpu_auto_checkpointing_keeps_activations_while_memory_allows():
+    gib = 2**30
+    # 80 GiB card, 70 % share: 50 GiB in use + a 5 GiB block fits, + a 7 GiB block does not
+    assert not gpu_memory_would_overflow(50 * gib, 5 * gib, 80 * gib)
+    assert gpu_memory_would_overflow(50 * gib, 7 * gib, 80 * gib)
+    assert gpu_memory_would_overflow(0, 57 * gib, 80 * gib)
+    assert not gpu_memory_would_overflow(0, 55 * gib, 80 * gib, share=0.7)
+    assert gpu_memory_would_overflow(0, 55 * gib, 80 * gib, share=0.5)
 
 
 def test_runtime_switches_leave_the_state_dict_unchanged():

@@ -80,7 +80,9 @@ class DualStreamBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = self.checkpoint
         if mode == "auto":
-            mode = "full" if should_checkpoint(*x.shape) else False
+            # under autocast most stored tensors are bf16/fp16: ~3 bytes a value on average
+            bytes_per_value = 3 if torch.is_autocast_enabled(x.device.type) else 4
+            mode = "full" if should_checkpoint(*x.shape, device=x.device, bytes_per_value=bytes_per_value) else False
         if mode is False or not (self.training and torch.is_grad_enabled() and x.requires_grad):
             return self._forward(x)
         if mode == "selective":
@@ -94,11 +96,15 @@ class DualStreamBlock(nn.Module):
         return a * weights[..., 0:1] + g * weights[..., 1:2]
 
 
-# "auto" checkpoints a block (fully) when its stored activations (about 85 C-wide float32 tensors
-# per token) would exceed this many values: B and L at T = 243 from batch 2 (~90 M per block) are
-# checkpointed, XS and S at their training batches (<= 30 M) are not.
+# "auto" checkpoints a block (fully) when its stored activations (about 85 C-wide tensors per
+# token) would not fit comfortably. On the CPU: above this many values (B and L at T = 243 from
+# batch 2, ~90 M per block, are checkpointed; XS and S at their training batches, <= 30 M, are
+# not). On a GPU: when storing them would take the memory in use above this share of the device's
+# memory, so blocks keep their activations while there is room and only the later blocks of a
+# large batch are recomputed (the rest of the memory is for the backward pass's working set).
 AUTO_CHECKPOINT_VALUES = 32_000_000
 ACTIVATIONS_PER_TOKEN_AND_CHANNEL = 85
+AUTO_CHECKPOINT_GPU_SHARE = 0.7
 
 
 # Selective checkpointing keeps the outputs of the expensive ops (matrix products, attention,
@@ -121,9 +127,19 @@ def _save_matmuls_context():
     return create_selective_checkpoint_contexts(_policy)
 
 
-def should_checkpoint(batch: int, frames: int, joints: int, dim: int) -> bool:
-    """The "auto" rule for a block input of shape (batch, frames, joints, dim)."""
-    return batch * frames * joints * dim * ACTIVATIONS_PER_TOKEN_AND_CHANNEL > AUTO_CHECKPOINT_VALUES
+def should_checkpoint(batch: int, frames: int, joints: int, dim: int, device: torch.device | None = None,
+                      bytes_per_value: int = 4) -> bool:
+    """The "auto" rule for a block input of shape (batch, frames, joints, dim) on ``device``."""
+    values = batch * frames * joints * dim * ACTIVATIONS_PER_TOKEN_AND_CHANNEL
+    if device is None or device.type != "cuda":
+        return values > AUTO_CHECKPOINT_VALUES
+    total = torch.cuda.get_device_properties(device).total_memory
+    return gpu_memory_would_overflow(torch.cuda.memory_allocated(device), values * bytes_per_value, total)
+
+
+def gpu_memory_would_overflow(allocated: int, block_bytes: int, total: int,
+                              share: float = AUTO_CHECKPOINT_GPU_SHARE) -> bool:
+    return allocated + block_bytes > share * total
 
 
 CHECKPOINT_MODES = (False, True, "full", "selective", "auto")
