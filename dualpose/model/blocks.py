@@ -81,7 +81,7 @@ class DualStreamBlock(nn.Module):
         mode = self.checkpoint
         if mode == "auto":
             # under autocast most stored tensors are bf16/fp16: ~3 bytes a value on average
-            bytes_per_value = 3 if torch.is_autocast_enabled(x.device.type) else 4
+            bytes_per_value = 3 if x.is_cuda and torch.is_autocast_enabled("cuda") else 4
             mode = "full" if should_checkpoint(*x.shape, device=x.device, bytes_per_value=bytes_per_value) else False
         if mode is False or not (self.training and torch.is_grad_enabled() and x.requires_grad):
             return self._forward(x)
