@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from dualpose.model import DualPoseLifter, build_spec
 from dualpose.model import attention as attention_mod
 from dualpose.model.attention import AxisAttention, attend, choose_kernel, set_attention_kernel
-from dualpose.model.blocks import (DualStreamBlock, gpu_memory_would_overflow, set_activation_checkpointing,
-                                   should_checkpoint)
+from dualpose.model.blocks import (DualStreamBlock, block_activation_bytes, gpu_memory_would_overflow,
+                                   set_activation_checkpointing, should_checkpoint)
 from dualpose.model.gcn import TemporalKNNGCN
 
 
@@ -185,12 +185,52 @@ def test_checkpointing_switch_and_auto_rule():
     assert all(b.checkpoint == "selective" for b in model.backbone.blocks)
     with pytest.raises(ValueError, match="activation checkpointing must be one of"):
         set_activation_checkpointing(model, "sometimes")
-    # B and L at T=243 from batch 2 are checkpointed; XS and S at their training batch are not
-    assert should_checkpoint(2, 243, 17, 128)
-    assert not should_checkpoint(1, 243, 17, 64)
-    assert not should_checkpoint(4, 81, 17, 64)
-    assert not should_checkpoint(4, 27, 17, 64)
-    assert should_checkpoint(2, 243, 17, 128, device=torch.device("cpu"))  # the CPU rule, explicitly
+
+
+
+def test_cpu_auto_checkpointing_keeps_blocks_while_the_budget_allows(monkeypatch):
+    from dualpose.model import blocks as blocks_mod
+
+    gib = 2**30
+    monkeypatch.setattr(blocks_mod, "host_memory_bytes", lambda: 24 * gib)  # budget 3 GiB (1/8)
+    b_block = block_activation_bytes(2, 243, 17, 128)  # B at T=243, batch 2: ~360 MB estimated
+    assert 0.3 * gib < b_block < 0.4 * gib
+    assert not should_checkpoint(2, 243, 17, 128)  # the first B block keeps its activations
+    assert not should_checkpoint(2, 243, 17, 128, kept_bytes=7 * b_block)  # the 8th still fits
+    assert should_checkpoint(2, 243, 17, 128, kept_bytes=8 * b_block)  # the 9th does not
+    assert should_checkpoint(2, 243, 17, 128, device=torch.device("cpu"), kept_bytes=3 * gib)
+    assert not should_checkpoint(4, 27, 17, 64, kept_bytes=11 * block_activation_bytes(4, 27, 17, 64))  # XS
+    monkeypatch.setattr(blocks_mod, "host_memory_bytes", lambda: 8 * gib)  # a smaller machine: 1 GiB
+    assert should_checkpoint(2, 243, 17, 128, kept_bytes=3 * b_block)
+
+
+def test_host_memory_is_positive_and_at_most_physical():
+    import os
+
+    from dualpose.model.blocks import host_memory_bytes
+
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < host_memory_bytes() <= physical
+
+
+def test_backbone_plans_checkpointing_for_the_whole_pass(monkeypatch):
+    """In one training pass the first blocks keep their activations until the budget is spent;
+    the rest are recomputed in the backward pass (counted by forward calls of each block)."""
+    from dualpose.model import blocks as blocks_mod
+
+    model = DualPoseLifter(build_spec("XS", {"depth": 4, "dim": 16, "heads": 2})).train()
+    x = torch.randn(2, 9, 17, 3)
+    per_block = block_activation_bytes(2, 9, 17, 16)
+    monkeypatch.setattr(blocks_mod, "cpu_checkpoint_budget", lambda: int(2.5 * per_block))
+    calls = [0] * 4
+    for i, block in enumerate(model.backbone.blocks):
+        block.attn_spatial.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+    model(x).sum().backward()
+    assert calls == [1, 1, 2, 2]  # two blocks fit in 2.5 blocks' budget; the last two are recomputed
+    calls[:] = [0] * 4
+    with torch.no_grad():
+        model(x)
+    assert calls == [1, 1, 1, 1]
 
 
 def test_gpu_auto_checkpointing_keeps_activations_while_memory_allows():
@@ -263,7 +303,7 @@ def test_auto_checkpointing_recomputes_only_large_blocks(monkeypatch):
     x = torch.randn(2, 8, 17, 32)
     assert block.checkpoint == "auto"
     assert _forward_calls(block, x) == 1  # small: not checkpointed
-    monkeypatch.setattr(blocks_mod, "AUTO_CHECKPOINT_VALUES", 0)
+    monkeypatch.setattr(blocks_mod, "cpu_checkpoint_budget", lambda: 0)
     assert _forward_calls(block, x) == 2  # "large": recomputed in the backward pass
     for mode in (True, "full", "selective"):
         block.checkpoint = mode

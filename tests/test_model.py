@@ -218,6 +218,73 @@ def test_backbone_without_frame_embedding_sees_a_set_and_with_it_sees_order():
     assert _permutation_gap(default) > 1e-2
 
 
+def _with_random_relative_bias(backbone: DualPoseBackbone, seed: int = 1) -> DualPoseBackbone:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # as after training
+        for block in backbone.blocks:
+            bias = block.attn_temporal.mixer.rel_bias
+            bias.copy_(torch.randn(bias.shape, generator=gen))
+    return backbone
+
+
+def test_relative_frame_bias_sees_order_and_starts_order_blind():
+    """The relative bias (one logit offset per head and frame offset) is zero at initialisation,
+    so the untrained backbone is still permutation-equivariant; once non-zero it is not, and it
+    only lives on the temporal attention (a relative backbone has no frame table)."""
+    spec = build_spec("XS", {**TINY, "T": 9, "temporal_pos_emb": "relative"})
+    torch.manual_seed(0)
+    backbone = settle(DualPoseBackbone(spec))
+    assert backbone.temporal_pos_embed is None
+    biases = [b.attn_temporal.mixer.rel_bias for b in backbone.blocks]
+    assert all(b.shape == (spec.heads, 2 * spec.T - 1) and not b.any() for b in biases)
+    assert all(b.attn_spatial.mixer.rel_bias is None for b in backbone.blocks)
+    x, perm = poses(2, 9), torch.randperm(9)
+    with torch.no_grad():
+        assert float((backbone(x[:, perm]) - backbone(x)[:, perm]).abs().max()) < 1e-5
+        _with_random_relative_bias(backbone)
+        assert float((backbone(x[:, perm]) - backbone(x)[:, perm]).abs().max()) > 1e-2
+        # a shift of the whole clip's content changes nothing but the ends: offsets, not positions
+        assert backbone(poses(1, 30)).shape == (1, 30, spec.num_joints, spec.dim)
+
+
+def test_relative_frame_bias_values_and_clipping():
+    attn = AxisAttention(8, 2, "temporal", relative_frames=4)  # offsets -3..3
+    with torch.no_grad():
+        attn.rel_bias.copy_(torch.arange(14.0).view(2, 7))
+    bias = attn.position_bias(6, torch.device("cpu"))
+    assert bias.shape == (2, 6, 6)
+    assert bias[0, 0, 0] == 3 and bias[0, 2, 0] == 5 and bias[0, 0, 2] == 1  # offset i - j
+    assert bias[0, 5, 0] == 6 and bias[0, 0, 5] == 0  # offsets beyond +-3 are clipped
+    assert bias[1, 1, 1] == 10
+    with pytest.raises(ValueError, match="only defined over frames"):
+        AxisAttention(8, 2, "spatial", relative_frames=4)
+
+
+@pytest.mark.parametrize("frames", [5, 9, 40])
+def test_relative_frame_bias_same_with_both_attention_kernels(frames):
+    """SDPA (float mask) and the explicit kernel give the same output and bias gradient."""
+    from dualpose.model.attention import set_attention_kernel
+
+    torch.manual_seed(0)
+    attn = AxisAttention(16, 2, "temporal", relative_frames=9)
+    with torch.no_grad():
+        attn.rel_bias.normal_()
+    x = torch.randn(2, frames, 3, 16)
+    results = []
+    for kernel in ("explicit", "sdpa"):
+        previous = set_attention_kernel(kernel)
+        try:
+            attn.zero_grad()
+            out = attn(x)
+            out.pow(2).sum().backward()
+            results.append((out.detach(), attn.rel_bias.grad.clone()))
+        finally:
+            set_attention_kernel(previous)
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-4)
+    assert results[0][1].abs().max() > 0
+
+
 def test_frame_table_starts_at_zero_and_learns():
     """At initialisation the frame table is zero (the network starts as the order-blind reference),
     and the first step's gradient reaches it, so order is learned where it pays."""

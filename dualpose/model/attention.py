@@ -12,6 +12,11 @@ Two kernels compute the same ``softmax(q k^T / sqrt(d)) v``:
 L x L matrices would also dominate training memory). The environment variable
 ``DUALPOSE_ATTENTION`` (``auto``/``sdpa``/``explicit``) or :func:`set_attention_kernel` overrides
 the choice; it is a runtime switch, not part of the saved model config.
+
+Temporal attention can carry a learned relative position bias (``temporal_pos_emb: relative``):
+one scalar per head and frame offset ``i - j``, added to the logits (T5 / Swin style). Offsets
+beyond the design length are clipped to its largest, so any clip length runs; the table starts
+at zero, so an untrained model is still order-blind and learns order where it pays.
 """
 
 from __future__ import annotations
@@ -60,15 +65,26 @@ def choose_kernel(device: torch.device, length: int) -> str:
     return "sdpa"
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d)) v`` for (..., L, d) tensors with the named kernel."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + bias) v`` for (..., H, L, d) tensors with the named kernel;
+    ``bias`` (H, L, L), if given, is added to the logits of every sequence."""
     if kernel == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
     *batch, length, d = q.shape
     q3, k3, v3 = (t.reshape(-1, length, d) for t in (q, k, v))
     # the 1/sqrt(d) scale rides in the product (baddbmm's alpha; beta=0 ignores the input)
     scores = torch.baddbmm(q3.new_empty(()), q3, k3.transpose(1, 2), beta=0.0, alpha=d ** -0.5)
+    if bias is not None:
+        heads = bias.shape[0]
+        scores = (scores.view(-1, heads, length, length) + bias.to(scores.dtype)).view(-1, length, length)
     return torch.bmm(scores.softmax(dim=-1), v3).view(*batch, length, d)
+
+
+def relative_offsets(length: int, max_offset: int, device: torch.device | None = None) -> torch.Tensor:
+    """(L, L) indices ``clip(i - j, -max_offset, max_offset) + max_offset`` into a bias table."""
+    pos = torch.arange(length, device=device)
+    return (pos[:, None] - pos[None, :]).clamp(-max_offset, max_offset) + max_offset
 
 
 class AxisAttention(nn.Module):
@@ -79,14 +95,26 @@ class AxisAttention(nn.Module):
     to (sequences, heads, L, d), and one brings the result back to (B, T, J, C) for ``proj``.
     """
 
-    def __init__(self, dim: int, heads: int, axis: Axis) -> None:
+    def __init__(self, dim: int, heads: int, axis: Axis, relative_frames: int = 0) -> None:
+        """``relative_frames`` > 0 (temporal only): a learned relative position bias for offsets
+        up to ``relative_frames - 1`` frames (the design clip length), zero at initialisation."""
         super().__init__()
         if axis not in ("spatial", "temporal"):
             raise ValueError(f"axis must be 'spatial' or 'temporal', got {axis!r}")
+        if relative_frames and axis != "temporal":
+            raise ValueError("a relative position bias is only defined over frames (axis 'temporal')")
         self.heads = heads
         self.axis = axis
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
+        self.max_offset = max(relative_frames - 1, 0)
+        self.rel_bias = nn.Parameter(torch.zeros(heads, 2 * self.max_offset + 1)) if relative_frames else None
+
+    def position_bias(self, length: int, device: torch.device) -> torch.Tensor | None:
+        """The (H, L, L) logit bias for a sequence of ``length`` frames, or None."""
+        if self.rel_bias is None:
+            return None
+        return self.rel_bias[:, relative_offsets(length, self.max_offset, device)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, j, c = x.shape
@@ -100,7 +128,8 @@ class AxisAttention(nn.Module):
             outer, length = t, j
             qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, T, H, J, d)
         q, k, v = qkv.reshape(3, b * outer, h, length, d).unbind(0)
-        out = attend(q, k, v, choose_kernel(x.device, length)).view(b, outer, h, length, d)
+        bias = self.position_bias(length, x.device) if self.axis == "temporal" else None
+        out = attend(q, k, v, choose_kernel(x.device, length), bias).view(b, outer, h, length, d)
         if self.axis == "temporal":
             out = out.permute(0, 3, 1, 2, 4)  # (B, T, J, H, d)
         else:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dualpose.model.blocks import DualStreamBlock
+from dualpose.model.blocks import DualStreamBlock, block_activation_bytes
 from dualpose.model.config import ModelSpec
 from dualpose.model.gcn import normalized_adjacency
 from dualpose.skeleton import Skeleton, get_skeleton
@@ -66,9 +66,10 @@ class DualPoseBackbone(nn.Module):
                                    else None)
         adjacency = normalized_adjacency(skel.adjacency(), self_loops=spec.graph_self_loops)
         rates = [spec.drop_path * i / max(spec.depth - 1, 1) for i in range(spec.depth)]
+        relative_frames = spec.T if spec.temporal_pos_emb == "relative" else 0
         self.blocks = nn.ModuleList(
             DualStreamBlock(c, spec.heads, spec.hidden_dim, adjacency, spec.k_neighbors,
-                            spec.layer_scale_init, rate)
+                            spec.layer_scale_init, rate, relative_frames)
             for rate in rates
         )
         self.norm = nn.LayerNorm(c)
@@ -143,8 +144,12 @@ class DualPoseBackbone(nn.Module):
         """
         x = tokens if mask is None else self.insert_mask_token(tokens, mask)
         outputs: list[torch.Tensor] = []
+        kept_bytes = 0  # activations the blocks so far keep for the backward pass (auto checkpointing)
         for block in self.blocks:
-            x = block(x)
+            mode = block.resolve_checkpoint(x, kept_bytes)
+            if mode is False and self.training and x.requires_grad:
+                kept_bytes += block_activation_bytes(*x.shape, bytes_per_value=x.element_size())
+            x = block(x, mode)
             if return_blocks:
                 outputs.append(x)
         features = self.norm(x)

@@ -18,7 +18,7 @@ from dualpose.skeleton import Skeleton, get_skeleton
 if TYPE_CHECKING:
     from dualpose.config import Params
 
-TEMPORAL_POS_EMB = ("learned", "sinusoidal", "none")
+TEMPORAL_POS_EMB = ("learned", "sinusoidal", "relative", "none")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ class ModelSpec:
     drop_path: float = 0.0  # stochastic depth, rising linearly to this value over the blocks
     graph_self_loops: bool = False  # spatial GCN: D^-1/2 (A + I) D^-1/2 instead of D^-1/2 A D^-1/2
     # Frame-order signal: "learned" (a (T, C) table starting at zero, linearly resampled for other lengths),
-    # "sinusoidal" (fixed, same scale as the learned table at init) or "none" (the reference: the
+    # "sinusoidal" (fixed, same scale as the learned table at init), "relative" (a learned bias per
+    # head and frame offset on the temporal attention logits, zero at init) or "none" (the reference: the
     # backbone is then exactly permutation-equivariant over frames and sees a clip as a set).
     temporal_pos_emb: str = "learned"
 
