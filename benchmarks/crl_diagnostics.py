@@ -7,7 +7,12 @@ For the teacher targets (the average of the normalised contributions of the last
   embedding ``e`` (0 means every block is still an identity);
 - ``linear_r2``: the R^2 of the best linear map from each token's own input (x, y, confidence,
   joint one-hot, frame one-hot) to its target. Near 1, the target is a function of the token alone: predicting
-  it for a masked token is masked 2D reconstruction, not contextual representation learning.
+  it for a masked token is masked 2D reconstruction, not contextual representation learning;
+- ``position_r2``: the same from the joint and frame one-hots alone: the share of the target a
+  masked token's student can predict from its position embedding, with no input at all.
+
+Least squares by SVD (``gelsd``): the one-hots and the constant column are linearly dependent,
+which the default QR driver mishandles (it reported R² below the position-only fit's).
 
 Usage (after `benchmarks/crl_study.py`)::
 
@@ -39,6 +44,14 @@ def pretrained_and_clips(params_path: str, clips: int):
     return params, load_weights(layout.model("pretrain")).eval(), train.batch(items)["input"]
 
 
+def linear_r2(features: torch.Tensor, target: torch.Tensor) -> float:
+    """R² of the least-squares linear map from ``features`` (..., F) to ``target`` (..., C)."""
+    a = features.reshape(-1, features.shape[-1]).double()
+    y = target.reshape(-1, target.shape[-1]).double()
+    solution = torch.linalg.lstsq(a, y, driver="gelsd").solution
+    return float(1 - ((a @ solution - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+
+
 @torch.no_grad()
 def diagnose(params_path: str, clips: int = 256, top_k: int | None = None) -> dict:
     params, backbone, x = pretrained_and_clips(params_path, clips)
@@ -54,16 +67,14 @@ def diagnose(params_path: str, clips: int = 256, top_k: int | None = None) -> di
     # table is part of the token, not context)
     joint = torch.eye(j).expand(b, t, j, j)
     frame = torch.eye(t)[None, :, None, :].expand(b, t, j, t)
-    features = torch.cat([x, joint, frame, torch.ones(b, t, j, 1)], -1)
-    a = features.reshape(-1, features.shape[-1]).double()
-    y = target.reshape(-1, target.shape[-1]).double()
-    solution = torch.linalg.lstsq(a, y).solution
-    residual = ((a @ solution - y) ** 2).sum()
-    r2 = float(1 - residual / ((y - y.mean(0)) ** 2).sum())
+    ones = torch.ones(b, t, j, 1)
+    r2 = linear_r2(torch.cat([x, joint, frame, ones], -1), target)
+    position_r2 = linear_r2(torch.cat([joint, frame, ones], -1), target)
     layer_scales = [float(p.abs().mean()) for n, p in backbone.named_parameters() if "ls" in n.split(".")[-1]
                     or "layer_scale" in n or n.endswith(("gamma", "ls1", "ls2"))]
     return {"params": params_path, "clips": int(len(x)), "top_k": k, "target": params.pretrain.target,
-            "block_share": share, "linear_r2": r2,
+            "target_norm": params.pretrain.target_norm, "block_share": share, "linear_r2": r2,
+            "position_r2": position_r2,
             "mean_abs_layer_scale": float(np.mean(layer_scales)) if layer_scales else None,
             "layer_scale_init": backbone.spec.layer_scale_init}
 
@@ -83,14 +94,13 @@ def candidate_targets(params_path: str, clips: int = 256) -> dict[str, float]:
     _, blocks = backbone.forward_features(backbone.embed(x), return_blocks=True)
     b, t, j = x.shape[:3]
     features = torch.cat([x, torch.eye(j).expand(b, t, j, j), torch.eye(t)[None, :, None, :].expand(b, t, j, t),
-                          torch.ones(b, t, j, 1)], -1).reshape(-1, 3 + j + t + 1).double()
+                          torch.ones(b, t, j, 1)], -1)
 
     def r2(fn) -> float:
         k = params.pretrain.top_k_blocks
-        y = torch.stack([normalise_block_output(fn(i), "instance") for i in range(len(blocks) - k, len(blocks))])
-        y = y.mean(0).reshape(-1, y.shape[-1]).double()
-        fit = features @ torch.linalg.lstsq(features, y).solution
-        return float(1 - ((fit - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+        norm = params.pretrain.target_norm
+        y = torch.stack([normalise_block_output(fn(i), norm) for i in range(len(blocks) - k, len(blocks))])
+        return linear_r2(features, y.mean(0))
 
     def fused(i: int, a: str, g: str) -> torch.Tensor:
         w = rec[i]["w"].softmax(-1)

@@ -47,6 +47,7 @@ def study_params(root: Path, args) -> dict:
     params["model"]["overrides"]["temporal_pos_emb"] = args.temporal_pos_emb
     params["pretrain"].update({"epochs": args.pretrain_epochs, "batch_size": 32, "top_k_blocks": args.top_k,
                                "ema_start": args.ema_start, "ema_end": args.ema_end, "target": args.target,
+                               "target_norm": args.target_norm,
                                "fresh_masks": not args.same_masks})
     params["finetune"].update({"epochs": args.finetune_epochs, "batch_size": args.finetune_batch,
                                "label_fraction": args.label_fraction})
@@ -73,10 +74,14 @@ def main() -> None:
     # (time constants of 100 -> 1000 steps), or the teacher stays at its random initialisation.
     ap.add_argument("--ema-start", type=float, default=0.99)
     ap.add_argument("--ema-end", type=float, default=0.999)
+    ap.add_argument("--target-norm", choices=["instance", "trajectory", "layer"], default="instance",
+                    help="normalisation of each target block: over the clip's tokens, over each joint's frames, per token")
     ap.add_argument("--target", choices=["ffn", "output"], default="ffn",
                     help="CRL target: the top blocks' pre-residual FFN outputs (data2vec) or their outputs (v1)")
     ap.add_argument("--same-masks", action="store_true", help="reuse the table's masks every epoch (v1)")
     ap.add_argument("--temporal-pos-emb", choices=["learned", "sinusoidal", "none"], default="learned")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another study's output folder (e.g. docs/crl-study) whose paired gains to show beside these")
     ap.add_argument("--report-only", action="store_true", help="rewrite the markdown from results.json")
     args = ap.parse_args()
     if args.report_only:
@@ -144,9 +149,10 @@ def write_markdown(results: dict, path: Path) -> None:
     v1_path = path.with_suffix("") / "results-v1.json"
     v1 = json.loads(v1_path.read_text())["runs"] if v1_path.exists() else []
     lines = [
-        "# CRL pretraining on real motion (CMU), small scale",
+        "# CRL pretraining on real motion (CMU), small scale"
+        + (f": `{s['target_norm']}`-normalised targets" if s.get("target_norm", "instance") != "instance" else ""),
         "",
-        "Written by `benchmarks/crl_study.py` from `crl-study/results.json`; every number below was measured "
+        f"Written by `benchmarks/crl_study.py` from `{path.stem}/results.json`; every number below was measured "
         "by that script.",
         "",
         f"Machine: {results['machine']}.",
@@ -162,7 +168,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"{'the same masks every epoch' if s.get('same_masks', True) else 'a new mask per clip, epoch and view'}), "
         f"{s['pretrain_epochs']} epochs, K = {s['top_k']}, targets = the top blocks' "
         f"{'FFN outputs before layer scale and the last residual (data2vec)' if s.get('target') == 'ffn' else 'outputs'}, "
-        f"EMA decay {s['ema_start']} -> {s['ema_end']}.",
+        f"each normalised `{s.get('target_norm', 'instance')}`, EMA decay {s['ema_start']} -> {s['ema_end']}.",
         f"- Finetuning: {int(s['label_fraction'] * 100)}% of the training videos keep their 3D labels; "
         f"{s['finetune_epochs']} epochs at batch {s['finetune_batch']}, identical for both arms (same seed, steps, "
         "data order).",
@@ -172,18 +178,27 @@ def write_markdown(results: dict, path: Path) -> None:
         "",
         "## Results",
         "",
-        "| seed | pretrained P1 | scratch P1 | pretrained P2 | scratch P2 | pretrain final loss | token-local R² |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | pretrained P1 | scratch P1 | pretrained P2 | scratch P2 | pretrain final loss | token-local R² "
+        "| position-only R² |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         r2 = r.get("diagnostics", {}).get("linear_r2")
+        r2_pos = r.get("diagnostics", {}).get("position_r2")
         lines.append(f"| {r['seed']} | {r['pretrained']['test_mpjpe_mm']:.1f} | {r['scratch']['test_mpjpe_mm']:.1f} | "
                      f"{r['pretrained']['test_p_mpjpe_mm']:.1f} | {r['scratch']['test_p_mpjpe_mm']:.1f} | "
-                     f"{r['pretrain']['final_loss']:.4f} | {'' if r2 is None else f'{r2:.3f}'} |")
+                     f"{r['pretrain']['final_loss']:.4f} | {'' if r2 is None else f'{r2:.3f}'} | "
+                     f"{'' if r2_pos is None else f'{r2_pos:.3f}'} |")
     cols = [[r[a][k] for r in runs] for a, k in (("pretrained", "test_mpjpe_mm"), ("scratch", "test_mpjpe_mm"),
                                                   ("pretrained", "test_p_mpjpe_mm"), ("scratch", "test_p_mpjpe_mm"))]
-    lines += ["| mean ± sd | " + " | ".join(_mean_sd(c) for c in cols) + " | | |", ""]
-    gains = [("this study", runs)] + ([("before (v1: post-residual targets, same masks every epoch, no frame "
+    lines += ["| mean ± sd | " + " | ".join(_mean_sd(c) for c in cols) + " | | | |", ""]
+    baseline = []
+    if s.get("baseline") and (Path(s["baseline"]) / "results.json").exists():
+        base = json.loads((Path(s["baseline"]) / "results.json").read_text())
+        norm = base["settings"].get("target_norm", "instance")
+        label = f"baseline: `{norm}` target norm, otherwise the same settings (`{Path(s['baseline']).name}`)"
+        baseline = [(label, [r for r in base["runs"] if r["seed"] in {x["seed"] for x in runs}])]
+    gains = [("this study", runs)] + baseline + ([("before (v1: post-residual targets, same masks every epoch, no frame "
                                         "order; `crl-study/results-v1.json`)", v1)] if v1 else [])
     lines += ["Paired gain (pretrained minus scratch, same seed; negative = pretraining helped):", "",
               "| run | P1 per seed (mm) | P1 mean ± sd | P2 mean ± sd |", "|---|---|---|---|"]
@@ -201,6 +216,8 @@ def write_markdown(results: dict, path: Path) -> None:
               f" --label-fraction {s['label_fraction']}"
               f" --ema-start {s['ema_start']} --ema-end {s['ema_end']}"
               f" --target {s.get('target', 'output')} --temporal-pos-emb {s.get('temporal_pos_emb', 'none')}"
+              + (f" --target-norm {s['target_norm']}" if s.get("target_norm", "instance") != "instance" else "")
+              + (f" --baseline {Path(s['baseline']).relative_to(ROOT)}" if s.get("baseline") else "")
               + (" --same-masks" if s.get("same_masks") else ""),
               "```", ""]
     reading = path.with_name(path.stem + "-reading.md")

@@ -115,7 +115,10 @@ class PretrainConfig(Section):
     # scale and the last residual connection (data2vec), or "output" = the post-residual block
     # output (under layer scale 1e-5 ~99% the token's own input: near masked 2D reconstruction).
     target: Literal["ffn", "output"] = "ffn"
-    target_norm: Literal["instance", "layer"] = "instance"
+    # Normalisation of each target block (dualpose.train.crl.normalise_block_output): "instance"
+    # (per channel over the clip's T x J tokens), "trajectory" (per joint and channel over frames)
+    # or "layer" (per token).
+    target_norm: Literal["instance", "trajectory", "layer"] = "instance"
     fresh_masks: bool = True  # a new mask per (clip, epoch, view); false: the same masks every epoch
     ema_start: float = Field(0.999, ge=0.0, le=1.0)
     ema_end: float = Field(0.9999, ge=0.0, le=1.0)

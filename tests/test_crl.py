@@ -13,7 +13,7 @@ from dualpose.model.backbone import DualPoseBackbone
 from dualpose.model.config import build_spec
 from dualpose.stages import build_clips, build_masks
 from dualpose.train import pretrain as pretrain_module
-from dualpose.train.crl import CRLModel, block_targets, normalise_block_output
+from dualpose.train.crl import TRAJECTORY_EPS, CRLModel, block_targets, normalise_block_output
 
 
 def test_normalisations_are_parameter_free_and_length_agnostic():
@@ -26,6 +26,36 @@ def test_normalisations_are_parameter_free_and_length_agnostic():
     torch.testing.assert_close(layer.mean(-1), torch.zeros(2, 5, 17), atol=1e-5, rtol=0)
     assert normalise_block_output(torch.randn(1, 300, 17, 8), "instance").shape == (1, 300, 17, 8)
     assert normalise_block_output(torch.full((1, 4, 17, 8), 2.0), "instance").abs().max() == 0  # collapsed
+
+
+def test_trajectory_normalisation_removes_what_a_joint_is_and_keeps_how_it_moves():
+    """Each joint's trajectory is centred over frames and each channel scaled by the clip's pooled
+    spread: a per-joint constant (the joint's identity) barely changes the target (only through
+    the relative epsilon), whereas the all-token instance norm keeps it as most of the target."""
+    gen = torch.Generator().manual_seed(0)
+    motion = torch.randn(2, 9, 17, 8, generator=gen)
+    identity = 3 * torch.randn(1, 1, 17, 8, generator=gen)  # a large per-joint offset
+    traj = normalise_block_output(motion + identity, "trajectory")
+    torch.testing.assert_close(traj.mean(1), torch.zeros(2, 17, 8), atol=1e-5, rtol=0)
+    pooled = traj.pow(2).mean(dim=(1, 2))  # unit spread per channel, up to the relative epsilon
+    assert float(pooled.min()) > 0.98 and float(pooled.max()) <= 1.0
+    torch.testing.assert_close(traj, normalise_block_output(motion, "trajectory"), atol=0.02, rtol=0)
+    # known values: one joint's channel over 3 frames, every other value zero
+    x = torch.zeros(1, 3, 17, 8)
+    x[0, :, 4, 2] = torch.tensor([1.0, 2.0, 3.0])
+    var, power = 2 / 51, 14 / 51  # over the 3 x 17 tokens of channel 2
+    expected = torch.tensor([-1.0, 0.0, 1.0]) / math.sqrt(var + TRAJECTORY_EPS * power)
+    torch.testing.assert_close(normalise_block_output(x, "trajectory")[0, :, 4, 2], expected)
+    # scale-free: the same target for features 1000x smaller (the FFN outputs are ~5e-3)
+    torch.testing.assert_close(normalise_block_output(x * 1e-3, "trajectory"), normalise_block_output(x, "trajectory"))
+    # a teacher whose features stop moving gives (near) zero targets: the collapse monitor sees it
+    static = normalise_block_output(identity.expand(2, 9, 17, 8) + 1e-4 * motion, "trajectory")
+    assert float(static.pow(2).mean()) < 0.01
+    inst = normalise_block_output(motion + identity, "instance")
+    per_joint_mean = inst.mean(1, keepdim=True).expand_as(inst)
+    assert float(per_joint_mean.pow(2).mean() / inst.pow(2).mean()) > 0.85  # identity dominates
+    with pytest.raises(ValueError, match="unknown target normalisation 'batch'"):
+        normalise_block_output(motion, "batch")
 
 
 def _crl(top_k=2):
