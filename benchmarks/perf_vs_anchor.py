@@ -13,7 +13,12 @@ from other jobs on a shared machine falls on both alike:
 - ``before``: the code of git commit f5dad27 (the anchors' DualPose), extracted with
   ``git archive`` into a temporary directory and put first on ``PYTHONPATH``;
 - ``after``: this checkout with its automatic choices (attention kernel by shape and device,
-  index_select kNN gather, split fusion, activation checkpointing "auto": on for B/L training);
+  index_select kNN gather, split fusion, activation checkpointing "auto": blocks past 1/8 of the
+  host's memory are recomputed);
+- ``after-malloc-tuned`` (training): ``after`` with the opt-in allocator setting
+  (``DUALPOSE_MALLOC_TUNING=1``, ``dualpose.train.allocator``: freed activations go back to the OS);
+- ``after-fullckpt`` / ``after-fullckpt-malloc-tuned`` (training): every block checkpointed,
+  without / with the allocator setting;
 - ``after-nockpt`` (B/L training only): the same with activation checkpointing off, to show what
   checkpointing costs in time and saves in memory;
 - ``after-compiled`` (XS inference only): the same with ``backbone.compile_blocks(dynamic=True)``
@@ -79,9 +84,14 @@ def measure(side: str, variant: str, mode: str, batch: int, warmup: int, repeats
     torch.manual_seed(0)
     spec = build_spec(variant)
     model = DualPoseLifter(spec)
-    if side in ("after-nockpt", "after-selective"):
+    if side.endswith("malloc-tuned"):  # the opt-in allocator setting (DUALPOSE_MALLOC_TUNING=1)
+        os.environ["DUALPOSE_MALLOC_TUNING"] = "1"
+        from dualpose.train.allocator import tune_cpu_allocator
+        tune_cpu_allocator()
+    if side in ("after-nockpt", "after-selective", "after-fullckpt", "after-fullckpt-malloc-tuned"):
         from dualpose.model.blocks import set_activation_checkpointing
-        set_activation_checkpointing(model, False if side == "after-nockpt" else "selective")
+        set_activation_checkpointing(model, {"after-nockpt": False, "after-selective": "selective",
+                                             "after-fullckpt": "full", "after-fullckpt-malloc-tuned": "full"}[side])
     if side == "after-plaingather":  # the kNN gather of f5dad27 (transpose + expanded-index gather)
         from dualpose.model.gcn import TemporalKNNGCN
         for module in model.modules():
@@ -151,8 +161,11 @@ def figures_plan(variants: list[str]) -> list[tuple[str, str, int, list[str]]]:
     return plan
 
 
-SIDES = ("before", "after", "after-nockpt", "after-selective", "after-sdpa", "after-plaingather", "after-compiled")
-SIDE_LABELS = {"before": "before", "after": "after", "after-nockpt": "after, no ckpt",
+SIDES = ("before", "after", "after-malloc-tuned", "after-nockpt", "after-fullckpt", "after-fullckpt-malloc-tuned",
+         "after-selective", "after-sdpa", "after-plaingather", "after-compiled")
+SIDE_LABELS = {"before": "before", "after": "after", "after-malloc-tuned": "after, malloc tuned",
+               "after-fullckpt": "after, full ckpt", "after-fullckpt-malloc-tuned": "after, full ckpt + malloc tuned",
+               "after-nockpt": "after, no ckpt",
                "after-selective": "after, selective ckpt", "after-sdpa": "after, SDPA",
                "after-plaingather": "after, plain kNN gather", "after-compiled": "after, compiled"}
 

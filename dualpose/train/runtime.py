@@ -16,7 +16,10 @@ def make_accelerator(grad_accum: int):
 
     kwargs = {}
     if not torch.cuda.is_available():
+        from dualpose.train.allocator import tune_cpu_allocator
+
         kwargs["cpu"] = True
+        tune_cpu_allocator()  # opt-in (DUALPOSE_MALLOC_TUNING=1): less memory, slower (allocator.py)
     return Accelerator(gradient_accumulation_steps=grad_accum,
                        dataloader_config=DataLoaderConfiguration(split_batches=False), **kwargs)
 

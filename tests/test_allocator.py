@@ -1,0 +1,67 @@
+"""The CPU allocator setting of the training stages: opt-in, applied on glibc, idempotent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dualpose.train import allocator
+
+
+def _run(code: str, **env) -> str:
+    import os
+
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          check=True, env={**os.environ, **env}).stdout.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt exists on Linux only")
+def test_tuning_is_opt_in_and_applies_once():
+    code = """
+        from dualpose.train.allocator import tune_cpu_allocator
+        print(tune_cpu_allocator(), tune_cpu_allocator())
+    """
+    assert _run(code, DUALPOSE_MALLOC_TUNING="1") == "True True"  # this image runs glibc
+    assert _run(code, DUALPOSE_MALLOC_TUNING="0") == "False False"
+    assert _run(code, DUALPOSE_MALLOC_TUNING="") == "False False"  # off by default: it costs time
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt exists on Linux only")
+def test_freed_large_blocks_go_back_to_the_os():
+    """After a large block was freed, glibc's dynamic threshold keeps later ones on the heap; with
+    the threshold fixed, allocating and freeing many 8 MB tensors leaves the RSS where it was."""
+    code = """
+        import sys, torch
+        from dualpose.train.allocator import tune_cpu_allocator
+        import os
+        os.environ["DUALPOSE_MALLOC_TUNING"] = "1"
+        if sys.argv[-1] == "tuned":
+            tune_cpu_allocator()
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+        x = torch.ones(2**21); del x  # one 8 MB block freed: glibc raises its threshold here
+        before = rss()
+        keep = []
+        for i in range(60):  # 60 x 8 MB, every other one kept until the end: a fragmented heap
+            t = torch.ones(2**21)
+            if i % 2:
+                keep.append(t)
+        del keep, t
+        print(round(rss() - before))
+    """
+    tuned = subprocess.run([sys.executable, "-c", textwrap.dedent(code), "tuned"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    default = subprocess.run([sys.executable, "-c", textwrap.dedent(code), "default"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    assert int(tuned) < 20, tuned  # MB still resident after everything was freed
+    assert int(default) > int(tuned)
+
+
+def test_no_tuning_off_linux(monkeypatch):
+    monkeypatch.setenv("DUALPOSE_MALLOC_TUNING", "1")
+    monkeypatch.setattr(allocator.sys, "platform", "darwin")
+    monkeypatch.setattr(allocator, "_applied", None)
+    assert allocator.tune_cpu_allocator() is False
