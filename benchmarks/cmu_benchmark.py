@@ -9,6 +9,7 @@ arm                what changes
 =================  =========================================================================
 no-frame-order     scratch, ``temporal_pos_emb: none`` (the reference's set-like backbone)
 scratch            scratch, learned frame embedding (the default)
+frame-relative     scratch, learned relative frame bias on the temporal attention logits
 crl                CRL pretraining (FFN targets, a new mask per epoch), then finetuning
 scratch-10pct      scratch, 10% of the training videos keep their 3D labels
 crl-10pct          CRL pretraining, then finetuning with the same 10% of labels
@@ -44,6 +45,7 @@ CMU = ROOT.parent / "shared" / "data" / "cmu"
 ARMS: dict[str, list[str]] = {
     "no-frame-order": ["-o", "finetune.init=scratch", "-o", "model.overrides.temporal_pos_emb=none"],
     "scratch": ["-o", "finetune.init=scratch"],
+    "frame-relative": ["-o", "finetune.init=scratch", "-o", "model.overrides.temporal_pos_emb=relative"],
     "crl": ["-o", "finetune.init=pretrained"],
     "scratch-10pct": ["-o", "finetune.init=scratch", "-o", "finetune.label_fraction=0.1"],
     "crl-10pct": ["-o", "finetune.init=pretrained", "-o", "finetune.label_fraction=0.1"],
@@ -70,6 +72,8 @@ def main() -> None:
     ap.add_argument("--epochs-10pct", type=int, default=10, help="finetuning epochs of the 10%%-label arms")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS-cmu")
     ap.add_argument("--seed", type=int, default=0, help="training seed (arms are recorded as ARM-seedN for N > 0)")
+    ap.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
+                    help="added to every arm's overrides (e.g. finetune.epochs=8 for a longer budget)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the markdown from the JSON")
     args = ap.parse_args()
     if args.report_only:
@@ -98,9 +102,11 @@ def main() -> None:
         results["pretrain_seconds"] = run(dp + ["pretrain", "--fresh"] + p, log)
         results["pretrain"] = json.loads((artifacts / "models" / "pretrain" / "metrics.json").read_text())
     for arm in args.arms:
-        overrides = ARMS[arm] + ["-o", f"seed={args.seed}"]
+        overrides = ARMS[arm] + [a for o in args.override for a in ("-o", o)] + ["-o", f"seed={args.seed}"]
         name = arm if args.seed == 0 else f"{arm}-seed{args.seed}"
-        record = {"overrides": overrides}
+        record = {"overrides": overrides,
+                  "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} python "
+                             + " ".join(["benchmarks/cmu_benchmark.py", *sys.argv[1:]])}
         record["finetune_seconds"] = run(dp + ["finetune", "--fresh"] + p + overrides, log)
         record["finetune"] = json.loads((artifacts / "models" / "finetune" / "metrics.json").read_text())
         record["evaluate_seconds"] = run(dp + ["evaluate"] + p + overrides, log)
@@ -144,6 +150,12 @@ def write_markdown(results: dict, path: Path, args) -> None:
     if "pretrain_seconds" in results:
         lines += ["", f"CRL pretraining: {results['pretrain']['steps']} steps in "
                       f"{results['pretrain_seconds'] / 60:.1f} min (shared by the crl arms)."]
+    commands = list(dict.fromkeys(r["command"] for r in results["arms"].values() if "command" in r))
+    if commands:
+        lines += ["", "Each arm's overrides of the profile are in the JSON (`overrides`). Commands:", "",
+                  "```bash", *commands, "```", ""]
+        path.write_text("\n".join(lines))
+        return
     lines += ["", "Each arm's overrides of the profile are in the JSON (`overrides`). Commands (1 thread per run; "
               "the seed-1 arms ran in their own work folders):", "", "```bash",
               "OMP_NUM_THREADS=1 python benchmarks/cmu_benchmark.py --epochs-10pct 10",
