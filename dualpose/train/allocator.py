@@ -4,13 +4,13 @@ A training step allocates and frees hundreds of megabytes of activation tensors.
 large blocks with ``mmap`` and returns them on ``free``, but after the first such free it raises
 its mmap threshold (up to 32 MiB on 64-bit), so later tensors come from the heap, whose freed
 space fragments and stays resident. On B at T = 243 (batch 2, full checkpointing) the peak RSS
-was 3.3 GB while the live tensors never exceeded 0.4 GB above the model and optimiser state
-(benchmarks/RESULTS-perf.md, "Allocator"). Fixing the threshold (``mallopt(M_MMAP_THRESHOLD)``,
-which also switches the dynamic adjustment off) brings the peak to ~0.85 GB.
+was 3.1 GB while the live tensors never exceeded 0.4 GB above the model and optimiser state
+(benchmarks/RESULTS-perf.md, "Idle-machine run"). Fixing the threshold (``mallopt(M_MMAP_THRESHOLD)``,
+which also switches the dynamic adjustment off) brings the peak to 873 MiB.
 
 It costs time: every large tensor is then a fresh mapping whose pages fault in on first touch.
-Measured on 2 cores (benchmarks/RESULTS-perf.md, "Allocator"), B training ran at 36 instead of
-61 frames/s and S at 55 instead of 101, so it is **off by default**: set
+Measured on 2 cores (same run), B training ran at 36 instead of 63 frames/s (31 instead of 58
+with full checkpointing) and S at 52 instead of 112, so it is **off by default**: set
 ``DUALPOSE_MALLOC_TUNING=1`` where memory, not time, is what runs out (with full activation
 checkpointing B then trains in 0.87 GB instead of 3.1 GB). The setting is process-wide and
 glibc-only; :func:`tune_cpu_allocator` is called by the training stages on the CPU and does
