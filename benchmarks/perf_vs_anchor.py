@@ -23,6 +23,8 @@ from other jobs on a shared machine falls on both alike:
   checkpointing costs in time and saves in memory;
 - ``after-compiled`` (XS inference only): the same with ``backbone.compile_blocks(dynamic=True)``
   (torch.compile per block, dynamic T); compilation happens in the warm-up and is not timed;
+- ``after-frozen`` (inference only, with ``--figures``): ``compile_for_inference(model)``: the whole
+  model compiled for the static shape with inductor weight freezing (``dualpose.model.compiled``);
 - ``after-selective``, ``after-sdpa``, ``after-plaingather`` (only with ``--figures``): selective
   activation checkpointing (keep matmul/attention outputs, recompute the rest); SDPA at every
   length; the kNN gather of f5dad27.
@@ -102,6 +104,11 @@ def measure(side: str, variant: str, mode: str, batch: int, warmup: int, repeats
         set_attention_kernel("sdpa")
     if side == "after-compiled":  # regional inductor compilation, dynamic T; compiled during warm-up
         model.backbone.compile_blocks(dynamic=True)
+    if side == "after-frozen":  # whole model, static shape, inductor weight freezing; compiled during warm-up
+        from dualpose.model.compiled import compile_for_inference
+        if mode != "infer":
+            raise SystemExit("after-frozen is an inference path (frozen weights cannot train)")
+        model = compile_for_inference(model)
     x = torch.randn(batch, spec.T, spec.num_joints, spec.in_channels)
     y = torch.randn(batch, spec.T, spec.num_joints, spec.out_channels)
     step = model_step(model, x, y, mode)
@@ -162,12 +169,13 @@ def figures_plan(variants: list[str]) -> list[tuple[str, str, int, list[str]]]:
 
 
 SIDES = ("before", "after", "after-malloc-tuned", "after-nockpt", "after-fullckpt", "after-fullckpt-malloc-tuned",
-         "after-selective", "after-sdpa", "after-plaingather", "after-compiled")
+         "after-selective", "after-sdpa", "after-plaingather", "after-compiled", "after-frozen")
 SIDE_LABELS = {"before": "before", "after": "after", "after-malloc-tuned": "after, malloc tuned",
                "after-fullckpt": "after, full ckpt", "after-fullckpt-malloc-tuned": "after, full ckpt + malloc tuned",
                "after-nockpt": "after, no ckpt",
                "after-selective": "after, selective ckpt", "after-sdpa": "after, SDPA",
-               "after-plaingather": "after, plain kNN gather", "after-compiled": "after, compiled"}
+               "after-plaingather": "after, plain kNN gather", "after-compiled": "after, compiled",
+               "after-frozen": "after, compiled + frozen"}
 
 
 def parse_figures(specs: list[str]) -> list[tuple[str, str, int, list[str]]]:
@@ -213,7 +221,9 @@ def render(results: list[dict], command: str, started: str, finished: str, uptim
         "`before` = commit f5dad27, `after` = this branch (automatic choices), `after, no ckpt` = "
         "activation checkpointing off, `after, selective ckpt` = selective checkpointing, `after, SDPA` = "
         "SDPA at every length, `after, plain kNN gather` = the f5dad27 gather, `after, compiled` = "
-        "`backbone.compile_blocks(dynamic=True)` (compile time not counted). Sides were run interleaved "
+        "`backbone.compile_blocks(dynamic=True)`, `after, compiled + frozen` = "
+        "`dualpose.model.compiled.compile_for_inference(model)` (whole model, static shape, inductor "
+        "weight freezing) (compile time not counted). Sides were run interleaved "
         "per figure. `anchor ratio x after/before` = the anchors' DualPose/MotionAGFormer ratio times "
         "this run's after/before: the estimate of after/MotionAGFormer that does not depend on this "
         "machine's absolute speed.",

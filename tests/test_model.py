@@ -407,3 +407,29 @@ def test_torch_compile_matches_eager_on_xs():
         model.backbone.compile_blocks(fullgraph=True)  # inductor, one compiled graph for all blocks
         torch.testing.assert_close(model(x), eager, rtol=1e-4, atol=1e-5)
     torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pos_emb", ["learned", "relative"])
+def test_compile_for_inference_matches_eager_and_keeps_the_module(pos_emb):
+    """Inductor with frozen weights gives eager's output (fp32 rounding), leaves the eager module
+    usable and unchanged, and bakes the weights in at its first call (a later change is not seen)."""
+    from dualpose.model.compiled import compile_for_inference
+
+    torch._dynamo.reset()
+    model = settle(DualPoseLifter(build_spec("XS", {"depth": 2, "dim": 16, "T": 9, "temporal_pos_emb": pos_emb})))
+    model.train()
+    x = poses(2, 9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = compile_for_inference(model)
+    assert not model.training
+    with torch.no_grad():
+        eager = model(x)
+        torch.testing.assert_close(fast(x), eager, rtol=1e-4, atol=1e-5)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        model.head.bias.add_(1.0)
+        torch.testing.assert_close(model(x), eager + 1.0, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fast(x), eager, rtol=1e-4, atol=1e-5)  # frozen constants
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fast.train()
+    torch._dynamo.reset()
