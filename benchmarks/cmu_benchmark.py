@@ -8,8 +8,9 @@ on the test subjects (P1, P2, MPJVE, acceleration error, and P1 on the reference
 arm                what changes
 =================  =========================================================================
 no-frame-order     scratch, ``temporal_pos_emb: none`` (the reference's set-like backbone)
-scratch            scratch, learned frame embedding (the default)
-frame-relative     scratch, learned relative frame bias on the temporal attention logits
+scratch            scratch, the default frame signal (the relative frame bias since the 12-epoch A/B)
+frame-relative     scratch, relative frame bias on the temporal attention logits, explicit
+frame-table        scratch, the learned (T, C) frame table (the default before that A/B)
 crl                CRL pretraining (FFN targets, a new mask per epoch), then finetuning
 scratch-10pct      scratch, 10% of the training videos keep their 3D labels
 crl-10pct          CRL pretraining, then finetuning with the same 10% of labels
@@ -46,6 +47,7 @@ ARMS: dict[str, list[str]] = {
     "no-frame-order": ["-o", "finetune.init=scratch", "-o", "model.overrides.temporal_pos_emb=none"],
     "scratch": ["-o", "finetune.init=scratch"],
     "frame-relative": ["-o", "finetune.init=scratch", "-o", "model.overrides.temporal_pos_emb=relative"],
+    "frame-table": ["-o", "finetune.init=scratch", "-o", "model.overrides.temporal_pos_emb=learned"],
     "crl": ["-o", "finetune.init=pretrained"],
     "scratch-10pct": ["-o", "finetune.init=scratch", "-o", "finetune.label_fraction=0.1"],
     "crl-10pct": ["-o", "finetune.init=pretrained", "-o", "finetune.label_fraction=0.1"],

@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--target", choices=["ffn", "output"], default="ffn",
                     help="CRL target: the top blocks' pre-residual FFN outputs (data2vec) or their outputs (v1)")
     ap.add_argument("--same-masks", action="store_true", help="reuse the table's masks every epoch (v1)")
-    ap.add_argument("--temporal-pos-emb", choices=["learned", "sinusoidal", "none"], default="learned")
+    ap.add_argument("--temporal-pos-emb", choices=["learned", "relative", "sinusoidal", "none"], default="learned")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="another study's output folder (e.g. docs/crl-study) whose paired gains to show beside these")
     ap.add_argument("--report-only", action="store_true", help="rewrite the markdown from results.json")

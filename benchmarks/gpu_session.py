@@ -11,8 +11,8 @@ everything it runs is prepared here and run there as one script with a time budg
    default to) runs under ``bash`` with ``srun``/``scontrol`` replaced by one-node shims, so
    :mod:`pipelines.remote_stage` stages the inputs from the storage root, runs the stage and
    uploads the outputs exactly as on a cluster;
-3. ``xs`` and ``xs-noframe``: the real DualPose-XS (12 x 64, T=27) with and without the learned
-   frame table, the same way, both at once (the frame-order A/B at a GPU budget; the first is a
+3. ``xs`` and ``xs-noframe``: the real DualPose-XS (12 x 64, T=27) with the default frame signal
+   (the relative frame bias) and without any, the same way, both at once (the frame-order A/B at a GPU budget; the first is a
    candidate for the shipped weights).
 
 Epoch counts are chosen on the GPU from the measured step time of part 1 so that each arm fits its

@@ -98,8 +98,8 @@ def test_same_weights_run_on_any_length():
     model = settle(DualPoseLifter(spec243))
     for frames in (100, 300, 3):
         assert model(poses(1, frames)).shape == (1, frames, 17, 3)
-    # without a learned frame table no tensor's shape depends on T: a T=27 model takes the T=243
-    # weights as they are (the learned table is the one tensor sized by the design T)
+    # without a frame signal no tensor's shape depends on T: a T=27 model takes the T=243 weights
+    # as they are (the learned table and the relative bias are the tensors sized by the design T)
     spec243 = build_spec("XS", {**TINY, "T": 243, "temporal_pos_emb": "none"})
     spec27 = build_spec("XS", {**TINY, "T": 27, "temporal_pos_emb": "none"})
     model = settle(DualPoseLifter(spec243))
@@ -144,8 +144,9 @@ def test_bf16_autocast_forward_is_finite_and_close():
 
 # --- masking and per-block outputs ------------------------------------------------------------------
 
-def test_mask_token_replaces_only_masked_tokens():
-    spec = build_spec("XS", TINY)
+@pytest.mark.parametrize("pos_emb", ["relative", "learned"])
+def test_mask_token_replaces_only_masked_tokens(pos_emb):
+    spec = build_spec("XS", {**TINY, "temporal_pos_emb": pos_emb})
     backbone = DualPoseBackbone(spec, with_mask_token=True).eval()
     x = poses(2, 6)
     tokens = backbone.embed(x)
@@ -154,8 +155,8 @@ def test_mask_token_replaces_only_masked_tokens():
     mask[1, 5, 0] = True
     filled = backbone.insert_mask_token(tokens, mask)
     assert torch.equal(filled[~mask], tokens[~mask])
-    # mask token + the position embedding of its joint and its frame: (T, J, C)
-    expected = backbone.mask_token + backbone.positions(6, x.device)[0]
+    # mask token + the position embedding of its joint and its frame (if the spec has a frame table)
+    expected = (backbone.mask_token + backbone.positions(6, x.device))[0].expand(6, 17, -1)
     torch.testing.assert_close(filled[0, 1, [2, 3, 4]], expected[1, [2, 3, 4]])
     torch.testing.assert_close(filled[1, 5, 0], expected[5, 0])
     assert not torch.allclose(filled[mask], tokens[mask])
@@ -211,11 +212,20 @@ def _permutation_gap(spec) -> float:
 
 def test_backbone_without_frame_embedding_sees_a_set_and_with_it_sees_order():
     """Without a temporal position signal the backbone is permutation-equivariant over frames
-    (the reference's defect); the default learned frame embedding breaks that."""
+    (the reference's defect); a trained frame table breaks that (the relative bias: below)."""
     assert _permutation_gap(build_spec("XS", {**TINY, "T": 9, "temporal_pos_emb": "none"})) < 1e-5
+    assert _permutation_gap(build_spec("XS", {**TINY, "T": 9, "temporal_pos_emb": "learned"})) > 1e-2
+
+
+def test_default_frame_signal_is_the_relative_bias():
+    """The default spec carries the relative frame bias, and once trained it sees frame order."""
     default = build_spec("XS", {**TINY, "T": 9})
-    assert default.temporal_pos_emb == "learned"
-    assert _permutation_gap(default) > 1e-2
+    assert default.temporal_pos_emb == "relative"
+    torch.manual_seed(0)
+    backbone = _with_random_relative_bias(settle(DualPoseBackbone(default))).eval()
+    x, perm = poses(2, 9), torch.randperm(9)
+    with torch.no_grad():
+        assert float((backbone(x[:, perm]) - backbone(x)[:, perm]).abs().max()) > 1e-2
 
 
 def _with_random_relative_bias(backbone: DualPoseBackbone, seed: int = 1) -> DualPoseBackbone:
@@ -288,7 +298,7 @@ def test_relative_frame_bias_same_with_both_attention_kernels(frames):
 def test_frame_table_starts_at_zero_and_learns():
     """At initialisation the frame table is zero (the network starts as the order-blind reference),
     and the first step's gradient reaches it, so order is learned where it pays."""
-    spec = build_spec("XS", {**TINY, "T": 9})
+    spec = build_spec("XS", {**TINY, "T": 9, "temporal_pos_emb": "learned"})
     model = DualPoseLifter(spec)
     table = model.backbone.temporal_pos_embed
     assert torch.equal(table, torch.zeros_like(table))
@@ -300,7 +310,7 @@ def test_frame_table_starts_at_zero_and_learns():
 
 
 def test_learned_frame_embedding_resamples_for_any_length():
-    spec = build_spec("XS", {**TINY, "T": 9})
+    spec = build_spec("XS", {**TINY, "T": 9, "temporal_pos_emb": "learned"})
     backbone = DualPoseBackbone(spec)
     table = backbone.temporal_pos_embed
     with torch.no_grad():

@@ -45,8 +45,11 @@ def test_counts_match_closed_form(rows, variant):
     graph_sub = 4 * c + 2 * c + (2 * c * c + 2 * c) + 2 * c + (8 * c * c + 5 * c)
     per_block = 2 * attention_sub + 2 * graph_sub + (2 * c * 2 + 2)
     assert per_block == 44 * c * c + 58 * c + 2
-    # embedding 4C, joint positions JC, learned frame positions TC, final norm 2C, head
-    total = d * per_block + (3 * c + c) + j * c + t * c + 2 * c + (c * 512 + 512) + (512 * 3 + 3)
+    # embedding 4C, joint positions JC, the default relative frame bias (heads x (2T - 1) per block),
+    # final norm 2C, head
+    assert spec.temporal_pos_emb == "relative"
+    frame_bias = d * spec.heads * (2 * t - 1)
+    total = d * per_block + (3 * c + c) + j * c + frame_bias + 2 * c + (c * 512 + 512) + (512 * 3 + 3)
     assert rows[variant]["params"] == total
 
 
@@ -63,5 +66,5 @@ def test_table_and_json(rows):
     lines = text.splitlines()
     assert lines[0].split()[:4] == ["variant", "blocks", "x", "C"]
     xs = next(line for line in lines if line.strip().startswith("XS"))
-    assert "12 x 64" in xs and " 27 " in xs and "2.25M" in xs and "1.01G" in xs and "+2.1%" in xs
+    assert "12 x 64" in xs and " 27 " in xs and "2.25M" in xs and "1.01G" in xs and "+2.2%" in xs
     assert json.loads(json.dumps(list(rows.values())))[0]["variant"] == "XS"

@@ -39,11 +39,12 @@ class ModelSpec:
     layer_scale_init: float = 1e-5
     drop_path: float = 0.0  # stochastic depth, rising linearly to this value over the blocks
     graph_self_loops: bool = False  # spatial GCN: D^-1/2 (A + I) D^-1/2 instead of D^-1/2 A D^-1/2
-    # Frame-order signal: "learned" (a (T, C) table starting at zero, linearly resampled for other lengths),
-    # "sinusoidal" (fixed, same scale as the learned table at init), "relative" (a learned bias per
-    # head and frame offset on the temporal attention logits, zero at init) or "none" (the reference: the
-    # backbone is then exactly permutation-equivariant over frames and sees a clip as a set).
-    temporal_pos_emb: str = "learned"
+    # Frame-order signal: "relative" (default: a learned bias per head and frame offset on the temporal
+    # attention logits, zero at init), "learned" (a (T, C) table starting at zero, linearly resampled for
+    # other lengths), "sinusoidal" (fixed, same scale as the learned table at init) or "none" (the
+    # reference: the backbone is then exactly permutation-equivariant over frames and sees a clip as a
+    # set). Why relative: docs/method-choices.md, "Frame order" (CMU A/B, 3 seeds).
+    temporal_pos_emb: str = "relative"
 
     def __post_init__(self) -> None:
         problems = []
