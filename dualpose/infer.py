@@ -72,7 +72,8 @@ def lift_keypoints_file(path: str | Path, weights: str | Path, fmt: str = "coco1
     def predictor(x: torch.Tensor) -> torch.Tensor:
         return flip_tta(model, x, sk) if flip else model(x)
 
-    pred = predict_sequences(predictor, [inputs], T, max(1, T // 3), batch_size=batch_size)[0].astype(np.float32)
+    pred = predict_sequences(predictor, [inputs], T, max(1, T // 3), batch_size=batch_size,
+                             blend="taper")[0].astype(np.float32)
     pred = pred - pred[:, sk.root:sk.root + 1]
     if not np.isfinite(pred).all():
         raise DataFormatError(weights, "<output>", "finite 3D poses from these weights and inputs", "NaN/inf")

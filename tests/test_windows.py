@@ -172,3 +172,53 @@ def test_reference_windows_do_not_overlap_and_drop_the_tail():
     assert np.isfinite(covered[:23]).all()
     with pytest.raises(ValueError, match="unknown tails policy"):
         plan_windows([0], [10], window=5, tails="trim")
+
+
+@pytest.mark.parametrize("blend", ["uniform", "taper"])
+def test_identity_predictor_is_exact_under_either_blend(blend):
+    """Blend weights are normalised per frame: a predictor that returns its input comes back
+    exactly, including videos shorter than T and ends covered by one window only."""
+    seqs = sequences([2, T - 1, T, 40, 100])
+    out = predict_sequences(identity, seqs, T, stride=9, blend=blend, batch_size=4)
+    for got, want in zip(out, seqs):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_taper_weights_the_window_centre_and_removes_the_steps_of_uniform():
+    """Each window predicts a constant (its own index): the uniform mean steps wherever a window
+    starts or ends, the taper fades windows in and out, so the blended output changes by at most
+    a small fraction of the gap between neighbouring windows from one frame to the next."""
+    plan = plan_windows([0], [120], T, 9, blend="taper")
+    w = plan.position_weights()
+    assert w.shape == (T,) and w.min() > 0 and np.argmax(w) == T // 2
+    np.testing.assert_allclose(w, w[::-1])  # symmetric
+    np.testing.assert_allclose(plan_windows([0], [120], T, 9).position_weights(), np.ones(T))
+
+    calls = iter(range(1000))
+
+    def window_index(batch: torch.Tensor) -> torch.Tensor:
+        idx = torch.tensor([float(next(calls)) for _ in range(batch.shape[0])])
+        return idx[:, None, None].expand(batch.shape[0], batch.shape[1], 1)
+
+    frames = sequences([120], channels=1)
+    uniform = predict_sequences(window_index, frames, T, stride=9, blend="uniform", batch_size=1)[0][:, 0]
+    calls = iter(range(1000))
+    taper = predict_sequences(window_index, frames, T, stride=9, blend="taper", batch_size=1)[0][:, 0]
+    # windows every 9 frames differ by 1, so the smooth answer rises by 1/9 per frame. The uniform
+    # mean of 3 windows stays flat, then jumps by 1 where one window leaves and the next enters;
+    # the taper's largest step is under twice the smooth slope.
+    du, dt = np.abs(np.diff(uniform)), np.abs(np.diff(taper))
+    assert du[9:90].max() == pytest.approx(1.0)
+    assert (du[9:90] < 1e-9).mean() > 0.8  # flat most of the time
+    assert dt.max() < 0.2 and dt[18:90].min() > 0.05  # always moving, never jumping
+    # both stay inside the range of the windows that cover a frame
+    assert uniform.min() >= 0 and taper.max() <= plan.num_windows - 1
+
+
+def test_taper_changes_nothing_without_overlap_and_is_refused_when_unknown():
+    seqs = sequences([T * 3])
+    a = predict_sequences(position_in_window, seqs, T, stride=T, blend="uniform")[0]
+    b = predict_sequences(position_in_window, seqs, T, stride=T, blend="taper")[0]
+    np.testing.assert_allclose(a, b)
+    with pytest.raises(ValueError, match="unknown window blend 'hann'"):
+        plan_windows([0], [40], T, 9, blend="hann")

@@ -70,7 +70,7 @@ def resolve_weights(layout: Layout, weights: str) -> Path:
 
 
 def predict_split(model: torch.nn.Module, table: EncodedTable, rows: np.ndarray, window: int, stride: int,
-                  mode: str, flip: bool, batch_size: int, tails: str = "cover") -> np.ndarray:
+                  mode: str, flip: bool, batch_size: int, tails: str = "cover", blend: str = "uniform") -> np.ndarray:
     """Normalised predictions (N, J, 3) for the selected rows (NaN elsewhere)."""
     from tqdm.auto import tqdm
 
@@ -85,7 +85,7 @@ def predict_split(model: torch.nn.Module, table: EncodedTable, rows: np.ndarray,
     n_windows_hint = int(np.sum(np.maximum(1, -(-np.maximum(lengths - window, 0) // stride) + 1)))
     with tqdm(total=n_windows_hint, desc="evaluate", unit="window", disable=not progress_enabled()) as bar:
         pred = predict_sequences(predictor, table.inputs.numpy(), window, stride, mode=mode, starts=starts,
-                                 lengths=lengths, batch_size=batch_size, progress=bar.update, tails=tails,
+                                 lengths=lengths, batch_size=batch_size, progress=bar.update, tails=tails, blend=blend,
                                  targets=(rows & table.arrays.valid) if mode == "centre" else None)
     return pred
 

@@ -16,6 +16,13 @@ Two protocols:
 - ``mode="centre"`` (MPI-INF-3DHP): every target frame is predicted at the centre position
   ``(T - 1) // 2`` of its own window, edge-padded at the video's ends.
 
+``blend`` (average mode) says how overlapping windows are combined: ``uniform`` (the plain mean,
+as the references) or ``taper``: each window's position t weighs ``sin(pi (t + 0.5) / T)^2``
+(a Hann window that never reaches zero), so a window fades in and out instead of starting and
+stopping, and the frames a window sees with context on both sides count most. With ``stride = T``
+(no overlap) both give the same result; with overlap, ``uniform`` leaves a step wherever a window
+starts or ends (benchmarks/RESULTS-frame-order.md, trajectories), ``taper`` does not.
+
 Windows never cross a video boundary. Index arrays are built per batch with numpy (no
 per-frame Python loop); the predictor sees ``torch.Tensor (B, T, J, C)`` float32 and returns
 ``(B, T, ...)`` (typically ``(B, T, J, 3)``), as a tensor or an array.
@@ -34,6 +41,7 @@ from dualpose.data.clips import resample_offsets
 from dualpose.errors import DataFormatError
 
 Predictor = Callable[[torch.Tensor], Any]
+BLENDS = ("uniform", "taper")
 
 
 @dataclass
@@ -51,6 +59,13 @@ class WindowPlan:
     length: np.ndarray  # (W,) int64
     offset: np.ndarray  # (W,) int64
     resampled: np.ndarray  # (W,) bool
+    blend: Literal["uniform", "taper"] = "uniform"
+
+    def position_weights(self) -> np.ndarray:
+        """(T,) float64 weight of each window position when overlapping predictions are combined."""
+        if self.blend == "uniform" or self.mode == "centre":
+            return np.ones(self.window)
+        return np.sin(np.pi * (np.arange(self.window) + 0.5) / self.window) ** 2
 
     @property
     def num_windows(self) -> int:
@@ -91,6 +106,7 @@ def plan_windows(
     short: Literal["resample", "pad"] = "resample",
     targets: Any = None,
     tails: Literal["cover", "drop"] = "cover",
+    blend: Literal["uniform", "taper"] = "uniform",
 ) -> WindowPlan:
     """Plan the windows for videos given as runs of rows ``(starts, lengths)``.
 
@@ -108,6 +124,8 @@ def plan_windows(
         raise ValueError(f"unknown tails policy {tails!r}; known: 'cover', 'drop'")
     if short not in ("resample", "pad"):
         raise ValueError(f"unknown short-video policy {short!r}; known: 'resample', 'pad'")
+    if blend not in BLENDS:
+        raise ValueError(f"unknown window blend {blend!r}; known: {', '.join(map(repr, BLENDS))}")
     starts = np.asarray(starts, dtype=np.int64).reshape(-1)
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     nonempty = lengths > 0
@@ -142,6 +160,7 @@ def plan_windows(
         np.concatenate([n[video], short_length]),
         np.concatenate([long_offset, np.zeros(short_start.size, dtype=np.int64)]),
         np.concatenate([np.zeros(video.size, dtype=bool), np.full(short_start.size, short == "resample")]),
+        blend,
     )
 
 
@@ -170,12 +189,14 @@ def predict_windows(
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``predict`` over the planned windows; return per-row sums ``(N, ...)`` and counts ``(N,)`` (float64)."""
+    """Run ``predict`` over the planned windows; return per-row weighted sums ``(N, ...)`` and the
+    sums of the weights ``(N,)`` (float64; the weights are 1 unless ``plan.blend`` tapers)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = frames.shape[0]
     sums: np.ndarray | None = None
     counts = np.zeros(n, dtype=np.float64)
+    position_weight = plan.position_weights()
     for lo in range(0, plan.num_windows, batch_size):
         hi = min(lo + batch_size, plan.num_windows)
         idx, weight = plan.indices(lo, hi)
@@ -188,8 +209,9 @@ def predict_windows(
         if sums is None:
             sums = np.zeros((n, *out.shape[2:]), dtype=np.float64)
         rows = idx[weight]
-        np.add.at(sums, rows, out[weight])
-        np.add.at(counts, rows, 1.0)
+        w = np.broadcast_to(position_weight, idx.shape)[weight]
+        np.add.at(sums, rows, out[weight] * w.reshape((-1,) + (1,) * (out.ndim - 2)))
+        np.add.at(counts, rows, w)
         if progress is not None:
             progress(hi - lo)
     if sums is None:
@@ -219,6 +241,7 @@ def predict_sequences(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
+    blend: Literal["uniform", "taper"] = "uniform",
 ) -> list[np.ndarray] | np.ndarray:
     """Predict every frame of many videos through windows of ``window`` frames (float64 output).
 
@@ -227,6 +250,7 @@ def predict_sequences(
     video; returns ``(N, ...)``, NaN on rows no window predicts). ``stride`` defaults to T.
     ``targets``: in centre mode, the frames to predict (a bool mask per row, or one per video
     for list input); others come back NaN. ``progress`` is called with the windows done per batch.
+    ``blend``: how overlapping windows combine in average mode (module docstring).
     """
     as_list = not isinstance(sequences, np.ndarray)
     if as_list:
@@ -261,7 +285,7 @@ def predict_sequences(
             raise DataFormatError(None, "targets", f"one flag per frame, shape ({frames.shape[0]},)",
                                   f"shape {targets.shape}")
     plan = plan_windows(starts_arr, lengths_arr, window, stride, mode=mode, short=short, targets=targets,
-                        tails=tails)
+                        tails=tails, blend=blend)
     sums, counts = predict_windows(predict, frames, plan, batch_size=batch_size, device=device, progress=progress)
     result = _mean(sums, counts)
     if as_list:

@@ -53,6 +53,7 @@ class Lifter:
     flip: bool = True
     batch_size: int = 32
     name: str = ""
+    blend: str = "taper"  # overlapping windows fade in and out (dualpose.eval.windows): no steps at window edges
 
     @classmethod
     def from_weights(cls, weights: str | os.PathLike, *, device: str | None = None, flip: bool = True,
@@ -79,7 +80,8 @@ class Lifter:
              stride: int | None = None) -> np.ndarray:
         """(F, J, 2) pixels + (F, J) confidence (0 = missing) -> (F, J, 3) normalised root-relative
         3D (the codec's units), camera axes x right, y down, z away. Windows start every ``stride``
-        frames (default T // 3: each frame is predicted about 3 times and averaged; T: once, 3x faster)."""
+        frames (default T // 3: each frame is predicted about 3 times and the predictions blended
+        with ``self.blend``; T: once, 3x faster, with a step at every window edge)."""
         n = len(kp2d)
         resample = self.model_fps is not None and abs(fps - self.model_fps) > FPS_TOLERANCE * self.model_fps
         if resample:
@@ -92,7 +94,8 @@ class Lifter:
         inputs = codec.encode_input(kp2d, conf, width, height)
         t = self.window
         step = stride or max(1, t // 3)
-        pred = predict_sequences(self._predict, [inputs], t, min(step, t), batch_size=self.batch_size)[0]
+        pred = predict_sequences(self._predict, [inputs], t, min(step, t), batch_size=self.batch_size,
+                                 blend=self.blend)[0]
         pred = pred - pred[:, self.skeleton.root:self.skeleton.root + 1]
         if resample:
             pred = resample_track(pred, new_times, times)
