@@ -322,6 +322,8 @@ def infer(source: Path = typer.Argument(..., help="A video file, a folder of ima
           flip: bool = typer.Option(True, help="Flip test-time augmentation."),
           stride: Optional[int] = typer.Option(None, help="Lifting windows every N frames "
                                                "(default T/3; T: 3x faster)."),
+          blend: str = typer.Option("taper", help="How overlapping windows combine: taper (fade in and out, "
+                                    "no steps at window edges) or uniform (plain mean, as evaluation)."),
           device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
           max_frames: Optional[int] = typer.Option(None, help="Only the first N frames of a video."),
           detector_python: Optional[str] = typer.Option(None, envvar="DUALPOSE_MEDIAPIPE_PYTHON",
@@ -335,7 +337,10 @@ def infer(source: Path = typer.Argument(..., help="A video file, a folder of ima
         from dualpose.weights import resolve_weights
 
         folder = resolve_weights(weights)
-        lifter = Lifter.from_weights(folder, device=device, flip=flip, name=weights or folder.name)
+        from dualpose.eval.windows import BLENDS
+        if blend not in BLENDS:
+            raise ConfigError(f"--blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+        lifter = Lifter.from_weights(folder, device=device, flip=flip, name=weights or folder.name, blend=blend)
         options = InferOptions(keypoint_format=fmt, person=person, fps=fps, width=width, height=height,
                                stature_mm=stature_mm or 1700.0, focal_px=focal_px, cx=cx, cy=cy, smooth=smooth,
                                bones=bones, render=render,

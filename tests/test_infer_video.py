@@ -116,6 +116,37 @@ def test_mirrored_input_gives_mirrored_output(tmp_path, weights, scene):
     assert not np.allclose(once, out, atol=1e-6)  # the default averages overlapping windows
 
 
+def test_blend_option_reaches_the_lifter_and_bad_values_are_refused(tmp_path, weights, scene):
+    """--blend taper (default) and uniform differ only where windows overlap; a bad value is a
+    one-line error naming the option, before anything is written."""
+    _, coco = scene.project()
+    from dualpose.keypoint_formats import convert_keypoints
+
+    kp, conf = convert_keypoints(coco[0], None, "coco17")
+    taper = Lifter.from_weights(weights, device="cpu")
+    uniform = Lifter.from_weights(weights, device="cpu", blend="uniform")
+    assert taper.blend == "taper"
+    a, b = taper.lift(kp, conf, W, H, 30.0), uniform.lift(kp, conf, W, H, 30.0)
+    assert a.shape == b.shape and not np.allclose(a, b, atol=1e-6)
+    t = taper.window  # without overlap the blends agree
+    np.testing.assert_allclose(taper.lift(kp, conf, W, H, 30.0, stride=t)[:t],
+                               uniform.lift(kp, conf, W, H, 30.0, stride=t)[:t], atol=1e-6)
+    with pytest.raises(ValueError, match="blend must be one of uniform, taper"):
+        Lifter.from_weights(weights, device="cpu", blend="hann")
+    outs = {}
+    for blend in ("uniform", "taper"):
+        res = CliRunner().invoke(app, ["infer", str(SAMPLE_FILE), "--weights", str(weights), "--out",
+                                       str(tmp_path / blend), "--formats", "npz", "--no-viewer", "--blend", blend])
+        assert res.exit_code == 0, res.output
+        with np.load(tmp_path / blend / "poses.npz") as z:
+            outs[blend] = z["poses_3d"].copy()
+    assert not np.allclose(outs["uniform"], outs["taper"], atol=1e-6)
+    bad = CliRunner().invoke(app, ["infer", str(SAMPLE_FILE), "--weights", str(weights), "--out",
+                                   str(tmp_path / "bad"), "--blend", "hann"])
+    assert bad.exit_code != 0 and "--blend must be one of uniform, taper, got 'hann'" in bad.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_fps_resampling_to_the_model_rate(tmp_path, scene):
     """Weights trained at 30 fps: a 60 fps track is lifted at 30 fps and mapped back to 60 fps frames."""
     w30 = tiny_weights(tmp_path / "w30", fps=30.0)

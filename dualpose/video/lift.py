@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dualpose.codec import PoseCodec
-from dualpose.eval.windows import predict_sequences
+from dualpose.eval.windows import BLENDS, predict_sequences
 from dualpose.model.flip import flip_tta
 from dualpose.model.weights import load_weights, read_weights
 from dualpose.skeleton import Skeleton, get_skeleton
@@ -55,16 +55,22 @@ class Lifter:
     name: str = ""
     blend: str = "taper"  # overlapping windows fade in and out (dualpose.eval.windows): no steps at window edges
 
+    def __post_init__(self) -> None:
+        if self.blend not in BLENDS:
+            raise ValueError(f"blend must be one of {', '.join(BLENDS)} (how overlapping windows combine), "
+                             f"got {self.blend!r}")
+
     @classmethod
     def from_weights(cls, weights: str | os.PathLike, *, device: str | None = None, flip: bool = True,
-                     batch_size: int = 32, name: str = "") -> "Lifter":
+                     batch_size: int = 32, name: str = "", blend: str = "taper") -> "Lifter":
         _, config = read_weights(weights)
         spec_skeleton = get_skeleton((config or {}).get("spec", {}).get("skeleton", "h36m17"))
         model = load_weights(weights, skeleton=spec_skeleton)
         dev = pick_device(device)
         model = model.float().to(dev).eval()
         fps = (config or {}).get("fps")
-        return cls(model, spec_skeleton, dev, float(fps) if fps else None, flip, batch_size, name or str(weights))
+        return cls(model, spec_skeleton, dev, float(fps) if fps else None, flip, batch_size, name or str(weights),
+                   blend)
 
     @property
     def window(self) -> int:
