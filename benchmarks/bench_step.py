@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import resource
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -11,6 +13,18 @@ import torch
 def rss_mib() -> float:
     """Peak resident memory of this process in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def model_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str) -> Callable[[], None]:

@@ -26,13 +26,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_step import median_seconds  # noqa: E402
 
 MATMUL_OPS = {
     torch.ops.aten.mm.default: "mm",
@@ -70,17 +72,6 @@ def matmul_flops(name: str, shapes: list[tuple[int, ...]]) -> int:
         return 2 * m * n * k
     a, b = (shapes[0], shapes[1]) if name == "bmm" else (shapes[1], shapes[2])
     return 2 * a[0] * a[1] * a[2] * b[2]
-
-
-def median_seconds(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def replay(calls: list, dtype: torch.dtype, warmup: int, repeats: int) -> float:
