@@ -52,6 +52,14 @@ def linear_r2(features: torch.Tensor, target: torch.Tensor) -> float:
     return float(1 - ((a @ solution - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
 
 
+def batched_targets(top: list[torch.Tensor], norm: str, batch_size: int) -> torch.Tensor:
+    """The averaged normalised targets, normalised in chunks of ``batch_size`` clips as pretraining
+    sees them (the ``joint`` normalisation centres each joint over a batch)."""
+    chunks = [torch.stack([normalise_block_output(h[i:i + batch_size], norm) for h in top]).mean(0)
+              for i in range(0, len(top[0]), batch_size)]
+    return torch.cat(chunks)
+
+
 @torch.no_grad()
 def diagnose(params_path: str, clips: int = 256, top_k: int | None = None) -> dict:
     params, backbone, x = pretrained_and_clips(params_path, clips)
@@ -60,7 +68,7 @@ def diagnose(params_path: str, clips: int = 256, top_k: int | None = None) -> di
     embedded = backbone.embed(x)
     _, blocks = backbone.forward_features(embedded, return_blocks=True)
     top = block_targets(blocks, k, params.pretrain.target, tap.collect())
-    target = torch.stack([normalise_block_output(h, params.pretrain.target_norm) for h in top]).mean(0)
+    target = batched_targets(top, params.pretrain.target_norm, params.pretrain.batch_size)
     share = float((blocks[-1] - embedded).norm() / embedded.norm())
     b, t, j = x.shape[:3]
     # a token's own input: its 2D and confidence, which joint and which frame it is (the frame
@@ -98,9 +106,8 @@ def candidate_targets(params_path: str, clips: int = 256) -> dict[str, float]:
 
     def r2(fn) -> float:
         k = params.pretrain.top_k_blocks
-        norm = params.pretrain.target_norm
-        y = torch.stack([normalise_block_output(fn(i), norm) for i in range(len(blocks) - k, len(blocks))])
-        return linear_r2(features, y.mean(0))
+        top = [fn(i) for i in range(len(blocks) - k, len(blocks))]
+        return linear_r2(features, batched_targets(top, params.pretrain.target_norm, params.pretrain.batch_size))
 
     def fused(i: int, a: str, g: str) -> torch.Tensor:
         w = rec[i]["w"].softmax(-1)

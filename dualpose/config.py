@@ -116,9 +116,10 @@ class PretrainConfig(Section):
     # output (under layer scale 1e-5 ~99% the token's own input: near masked 2D reconstruction).
     target: Literal["ffn", "output"] = "ffn"
     # Normalisation of each target block (dualpose.train.crl.normalise_block_output): "instance"
-    # (per channel over the clip's T x J tokens), "trajectory" (per joint and channel over frames)
-    # or "layer" (per token).
-    target_norm: Literal["instance", "trajectory", "layer"] = "instance"
+    # (per channel over the clip's T x J tokens), "joint" (each joint centred over the batch's clips
+    # and frames: contextual targets, measured to help less at CPU scale; docs/crl-study-joint.md),
+    # "trajectory" (per joint and channel over one clip's frames) or "layer" (per token).
+    target_norm: Literal["instance", "joint", "trajectory", "layer"] = "instance"
     fresh_masks: bool = True  # a new mask per (clip, epoch, view); false: the same masks every epoch
     ema_start: float = Field(0.999, ge=0.0, le=1.0)
     ema_end: float = Field(0.9999, ge=0.0, le=1.0)

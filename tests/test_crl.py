@@ -13,7 +13,7 @@ from dualpose.model.backbone import DualPoseBackbone
 from dualpose.model.config import build_spec
 from dualpose.stages import build_clips, build_masks
 from dualpose.train import pretrain as pretrain_module
-from dualpose.train.crl import TRAJECTORY_EPS, CRLModel, block_targets, normalise_block_output
+from dualpose.train.crl import CENTRED_EPS, CRLModel, block_targets, normalise_block_output
 
 
 def test_normalisations_are_parameter_free_and_length_agnostic():
@@ -26,6 +26,31 @@ def test_normalisations_are_parameter_free_and_length_agnostic():
     torch.testing.assert_close(layer.mean(-1), torch.zeros(2, 5, 17), atol=1e-5, rtol=0)
     assert normalise_block_output(torch.randn(1, 300, 17, 8), "instance").shape == (1, 300, 17, 8)
     assert normalise_block_output(torch.full((1, 4, 17, 8), 2.0), "instance").abs().max() == 0  # collapsed
+
+
+def test_joint_normalisation_removes_what_a_joint_is_and_keeps_each_clips_pose():
+    """Each joint is centred over the batch's clips and frames: a per-joint constant shared by every
+    clip (the joint's identity) leaves the target unchanged, while what differs between clips (each
+    clip's mean pose, which the per-clip ``trajectory`` centring removes) stays in it."""
+    gen = torch.Generator().manual_seed(0)
+    motion = torch.randn(4, 9, 17, 8, generator=gen)
+    identity = 3 * torch.randn(1, 1, 17, 8, generator=gen)  # the same for every clip
+    pose = torch.randn(4, 1, 17, 8, generator=gen)  # static within a clip, different across clips
+    joint = normalise_block_output(motion + pose + identity, "joint")
+    torch.testing.assert_close(joint, normalise_block_output(motion + pose, "joint"), atol=0.02, rtol=0)
+    pooled = joint.pow(2).mean(dim=(1, 2))  # unit mean square per (clip, channel), up to the epsilon
+    assert float(pooled.min()) > 0.95 and float(pooled.max()) <= 1.0
+    # the clip's own pose survives: its per-joint mean over frames is most of the static part
+    static = normalise_block_output(pose.expand(4, 9, 17, 8) + identity, "joint")
+    assert float(static.pow(2).mean()) > 0.95
+    assert float(normalise_block_output(pose.expand(4, 9, 17, 8) + identity, "trajectory").abs().max()) < 1e-4
+    # known values: two clips whose joint 4, channel 2 is constant 1 and 3: centred -1 and +1
+    x = torch.zeros(2, 3, 17, 8)
+    x[0, :, 4, 2], x[1, :, 4, 2] = 1.0, 3.0
+    var, power = torch.tensor([1 / 17, 1 / 17]), torch.tensor([1 / 17, 9 / 17])
+    expected = torch.tensor([-1.0, 1.0]) / torch.sqrt(var + CENTRED_EPS * power)
+    torch.testing.assert_close(normalise_block_output(x, "joint")[:, 0, 4, 2], expected)
+    torch.testing.assert_close(normalise_block_output(x * 1e-3, "joint"), normalise_block_output(x, "joint"))
 
 
 def test_trajectory_normalisation_removes_what_a_joint_is_and_keeps_how_it_moves():
@@ -44,7 +69,7 @@ def test_trajectory_normalisation_removes_what_a_joint_is_and_keeps_how_it_moves
     x = torch.zeros(1, 3, 17, 8)
     x[0, :, 4, 2] = torch.tensor([1.0, 2.0, 3.0])
     var, power = 2 / 51, 14 / 51  # over the 3 x 17 tokens of channel 2
-    expected = torch.tensor([-1.0, 0.0, 1.0]) / math.sqrt(var + TRAJECTORY_EPS * power)
+    expected = torch.tensor([-1.0, 0.0, 1.0]) / math.sqrt(var + CENTRED_EPS * power)
     torch.testing.assert_close(normalise_block_output(x, "trajectory")[0, :, 4, 2], expected)
     # scale-free: the same target for features 1000x smaller (the FFN outputs are ~5e-3)
     torch.testing.assert_close(normalise_block_output(x * 1e-3, "trajectory"), normalise_block_output(x, "trajectory"))
@@ -58,10 +83,10 @@ def test_trajectory_normalisation_removes_what_a_joint_is_and_keeps_how_it_moves
         normalise_block_output(motion, "batch")
 
 
-def _crl(top_k=2):
+def _crl(top_k=2, target_norm="instance"):
     torch.manual_seed(0)
     spec = build_spec("XS", {"depth": 3, "dim": 16})
-    return CRLModel(DualPoseBackbone(spec, with_mask_token=True), top_k=top_k)
+    return CRLModel(DualPoseBackbone(spec, with_mask_token=True), top_k=top_k, target_norm=target_norm)
 
 
 def test_loss_is_masked_mse_over_sqrt_c_and_teacher_sees_the_full_input():
@@ -87,6 +112,21 @@ def test_loss_is_masked_mse_over_sqrt_c_and_teacher_sees_the_full_input():
         CRLModel(DualPoseBackbone(build_spec("XS", {"depth": 2, "dim": 16}), with_mask_token=True), top_k=3)
     with pytest.raises(ValueError, match="no masked token"):
         crl(x, torch.zeros_like(mask))
+
+
+def test_joint_targets_need_a_batch_of_clips():
+    """``joint`` centres each joint over the batch: two clips are enough, one is refused loudly
+    (it would silently become the per-clip ``trajectory`` normalisation)."""
+    crl = _crl(target_norm="joint")
+    x = torch.randn(2, 6, 17, 3)
+    mask = torch.zeros(2, 6, 17, dtype=torch.bool)
+    mask[:, :, 4:8] = True
+    loss, _ = crl(x, mask)
+    assert torch.isfinite(loss)
+    target, _ = crl.targets(x)
+    torch.testing.assert_close(target, crl.targets(x.flip(0))[0].flip(0))  # the clips' order does not matter
+    with pytest.raises(ValueError, match="target_norm 'joint' centres each joint over a batch of clips.*got 1 clip"):
+        crl(x[:1], mask[:1])
 
 
 def test_targets_are_the_top_blocks_pre_residual_ffn_outputs():

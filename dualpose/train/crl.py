@@ -19,40 +19,53 @@ from torch import nn
 from dualpose.train.ema import EMATeacher
 
 
-# Relative epsilon of the "trajectory" normalisation: a channel whose motion carries less than
-# about 0.1% of its power is damped rather than blown up to unit variance.
-TRAJECTORY_EPS = 1e-3
+# Relative epsilon of the centred normalisations ("joint", "trajectory"): a channel whose centred
+# signal carries less than about 0.1% of its power is damped rather than blown up to unit variance.
+CENTRED_EPS = 1e-3
+TARGET_NORMS = ("instance", "joint", "trajectory", "layer")
+
+
+def _centred_and_scaled(x: torch.Tensor, centre_dims: tuple[int, ...]) -> torch.Tensor:
+    """``x`` (B, T, J, C) centred over ``centre_dims``, then each (sample, channel) scaled to unit
+    mean square over its T x J tokens, with an epsilon relative to the raw power (scale-free: the
+    FFN outputs are ~5e-3 and a crushed signal must still show as a collapse)."""
+    centred = x - x.mean(dim=centre_dims, keepdim=True)
+    var = centred.pow(2).mean(dim=(1, 2), keepdim=True)  # per (sample, channel)
+    power = x.pow(2).mean(dim=(1, 2), keepdim=True)
+    return centred * torch.rsqrt(var + CENTRED_EPS * power + 1e-20)
 
 
 def normalise_block_output(x: torch.Tensor, kind: str) -> torch.Tensor:
     """Parameter-free normalisation of one block output (B, T, J, C).
 
     ``instance``: per sample and channel over all T x J tokens (data2vec's instance norm with the
-    T x J grid as the sequence); ``trajectory``: per sample, joint and channel over the T frames
-    (each joint's trajectory is the sequence, as a speech signal is in data2vec); ``layer``: per
-    token over channels. None depends on the clip length being fixed.
+    T x J grid as the sequence); ``joint``: each joint and channel centred over the batch's clips
+    and frames, then scaled per sample and channel; ``trajectory``: per sample, joint and channel
+    over the T frames (each joint's trajectory is the sequence, as a speech signal is in data2vec);
+    ``layer``: per token over channels. None depends on the clip length being fixed.
 
-    Why ``trajectory``: under ``instance`` the joint's identity (its position embedding) is most
-    of a target (R^2 0.95 from the joint and frame alone on CMU after 400-800 pretraining steps), which a masked token's student
-    predicts without any context. Per joint over frames that part is removed: what is left is how
-    the joint's feature moves through the clip, which a masked token can only get from its context.
-    Each joint's trajectory is centred over frames, then every channel is scaled by the clip's
-    pooled standard deviation of the centred signal (a static joint gets a near-zero target, not
-    amplified noise); the epsilon is relative to the block output's own power
-    (:data:`TRAJECTORY_EPS`), so the target does not depend on the features' absolute scale,
-    and a teacher whose features stop moving through time still shows as a collapse.
+    Why ``joint``: under ``instance`` the joint's identity (its position embedding) is most of a
+    target (R^2 0.95-0.99 from the joint and frame alone on CMU), which a masked token's student
+    predicts without any context. What a joint *is* is the same in every clip, so centring each
+    joint over the whole batch removes it, and keeps what differs between clips: where the joint is
+    in this clip's pose and how it moves, which a masked token can only get from its context.
+    ``trajectory`` centres per clip instead, which also removes the clip's mean pose (measured
+    worse than scratch; ``docs/method-choices.md``). The centred signal is scaled to unit mean square
+    per sample and channel with an epsilon relative to the block output's own power
+    (:data:`CENTRED_EPS`), so the target does not depend on the features' absolute scale, and a
+    teacher whose features stop varying still shows as a collapse. ``joint`` depends on the batch
+    (as batch norm does): each process centres over its own micro-batch of clips.
     """
     x = x.float()
+    if kind == "joint":
+        return _centred_and_scaled(x, (0, 1))  # per (joint, channel) over the batch's clips and frames
     if kind == "layer":
         return F.layer_norm(x, x.shape[-1:])
     b, t, j, c = x.shape
     if kind == "trajectory":
-        centred = x - x.mean(dim=1, keepdim=True)  # per (sample, joint, channel) over frames
-        var = centred.pow(2).mean(dim=(1, 2), keepdim=True)  # per (sample, channel)
-        power = x.pow(2).mean(dim=(1, 2), keepdim=True)
-        return centred * torch.rsqrt(var + TRAJECTORY_EPS * power + 1e-20)
+        return _centred_and_scaled(x, (1,))  # per (sample, joint, channel) over frames
     if kind != "instance":
-        raise ValueError(f"unknown target normalisation {kind!r}: expected 'instance', 'trajectory' or 'layer'")
+        raise ValueError(f"unknown target normalisation {kind!r}: expected one of {TARGET_NORMS}")
     flat = x.reshape(b, t * j, c).transpose(1, 2)  # (B, C, T*J)
     return F.instance_norm(flat).transpose(1, 2).reshape(b, t, j, c)
 
@@ -136,6 +149,10 @@ class CRLModel(nn.Module):
         The raw variance across tokens is the collapse monitor: normalisation would hide a
         representation that has become constant.
         """
+        if self.target_norm == "joint" and x.shape[0] < 2:
+            raise ValueError(f"pretrain.target_norm 'joint' centres each joint over a batch of clips, but this "
+                             f"process got {x.shape[0]} clip per micro-batch: raise pretrain.batch_size (per "
+                             "process it is batch_size / processes / grad_accum)")
         teacher = self.teacher.module
         blocks = teacher.forward_features(teacher.embed(x), return_blocks=True)[1]
         ffn = self._tap.collect() if self._tap is not None else None
