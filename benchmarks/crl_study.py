@@ -74,14 +74,19 @@ def main() -> None:
     # (time constants of 100 -> 1000 steps), or the teacher stays at its random initialisation.
     ap.add_argument("--ema-start", type=float, default=0.99)
     ap.add_argument("--ema-end", type=float, default=0.999)
-    ap.add_argument("--target-norm", choices=["instance", "trajectory", "layer"], default="instance",
-                    help="normalisation of each target block: over the clip's tokens, over each joint's frames, per token")
+    ap.add_argument("--target-norm", choices=["instance", "joint", "trajectory", "layer"], default="instance",
+                    help="normalisation of each target block: over the clip's tokens, each joint over the batch, "
+                         "over each joint's frames, per token")
     ap.add_argument("--target", choices=["ffn", "output"], default="ffn",
                     help="CRL target: the top blocks' pre-residual FFN outputs (data2vec) or their outputs (v1)")
     ap.add_argument("--same-masks", action="store_true", help="reuse the table's masks every epoch (v1)")
     ap.add_argument("--temporal-pos-emb", choices=["learned", "relative", "sinusoidal", "none"], default="learned")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="another study's output folder (e.g. docs/crl-study) whose paired gains to show beside these")
+    ap.add_argument("--scratch-from", type=Path, default=None,
+                    help="another study's output folder whose scratch arms to reuse (same seed): the scratch "
+                         "arm does not depend on pretraining, and reruns of it are bit-identical; refused "
+                         "unless every setting the scratch arm depends on matches")
     ap.add_argument("--report-only", action="store_true", help="rewrite the markdown from results.json")
     args = ap.parse_args()
     if args.report_only:
@@ -98,6 +103,7 @@ def main() -> None:
     results["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     results["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
                          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    scratch_runs = reusable_scratch_runs(args)
     for seed in args.seeds:
         if any(r["seed"] == seed for r in results["runs"]):
             continue
@@ -115,6 +121,9 @@ def main() -> None:
         record["pretrain"] = json.loads((root / "artifacts/models/pretrain/metrics.json").read_text())
         record["diagnostics"] = diagnose(str(params))
         for init in ("pretrained", "scratch"):
+            if init == "scratch" and seed in scratch_runs:
+                record["scratch"] = {**scratch_runs[seed], "reused_from": str(args.scratch_from)}
+                continue
             o = seed_o + ["-o", f"finetune.init={init}"]
             t[f"finetune_{init}"] = run(dp + ["finetune", "--fresh"] + p + o, log)
             finetune = json.loads((root / "artifacts/models/finetune/metrics.json").read_text())
@@ -132,6 +141,23 @@ def main() -> None:
     write_markdown(results, args.out.with_suffix(".md"))
 
 
+# The settings a scratch arm depends on (the others only change pretraining).
+SCRATCH_SETTINGS = ("cameras", "T", "depth", "dim", "layer_scale", "finetune_epochs", "finetune_batch",
+                    "label_fraction", "temporal_pos_emb")
+
+
+def reusable_scratch_runs(args) -> dict[int, dict]:
+    """Seed -> scratch record of ``args.scratch_from``'s study, after checking its settings match."""
+    if args.scratch_from is None:
+        return {}
+    base = json.loads((args.scratch_from / "results.json").read_text())
+    wrong = [f"{k}: {base['settings'].get(k)!r} there, {getattr(args, k)!r} here" for k in SCRATCH_SETTINGS
+             if base["settings"].get(k) != getattr(args, k)]
+    if wrong:
+        sys.exit(f"--scratch-from {args.scratch_from}: its scratch arms ran with other settings ({'; '.join(wrong)})")
+    return {r["seed"]: r["scratch"] for r in base["runs"]}
+
+
 def _mean_sd(values: list[float]) -> str:
     if len(values) < 2:
         return f"{values[0]:.1f}"
@@ -146,8 +172,10 @@ def paired_gain(runs: list[dict], key: str) -> list[float]:
 def write_markdown(results: dict, path: Path) -> None:
     runs = results["runs"]
     s = results["settings"]
-    v1_path = path.with_suffix("") / "results-v1.json"
-    v1 = json.loads(v1_path.read_text())["runs"] if v1_path.exists() else []
+    earlier = ROOT / "docs" / "crl-study"  # the first study (v1) and its rerun (v2), shown beside any study
+    v1 = json.loads((earlier / "results-v1.json").read_text())["runs"] if (earlier / "results-v1.json").exists() else []
+    v2 = [] if path.resolve() == earlier.with_suffix(".md").resolve() or not (earlier / "results.json").exists() \
+        else json.loads((earlier / "results.json").read_text())["runs"]
     lines = [
         "# CRL pretraining on real motion (CMU), small scale"
         + (f": `{s['target_norm']}`-normalised targets" if s.get("target_norm", "instance") != "instance" else ""),
@@ -199,14 +227,22 @@ def write_markdown(results: dict, path: Path) -> None:
         label = f"baseline: `{norm}` target norm, otherwise the same settings (`{Path(s['baseline']).name}`)"
         baseline = [(label, [r for r in base["runs"] if r["seed"] in {x["seed"] for x in runs}])]
     gains = [("this study", runs)] + baseline + ([("before (v1: post-residual targets, same masks every epoch, no frame "
-                                        "order; `crl-study/results-v1.json`)", v1)] if v1 else [])
+                                        "order; `crl-study/results-v1.json`)", v1)] if v1 else []) \
+        + ([("v2: `instance` FFN targets, fresh masks, learned frame table, 2 pretraining epochs "
+             "(`crl-study/results.json`)", v2)] if v2 else [])
     lines += ["Paired gain (pretrained minus scratch, same seed; negative = pretraining helped):", "",
               "| run | P1 per seed (mm) | P1 mean ± sd | P2 mean ± sd |", "|---|---|---|---|"]
     for name, rr in gains:
         p1, p2 = paired_gain(rr, "test_mpjpe_mm"), paired_gain(rr, "test_p_mpjpe_mm")
         lines.append(f"| {name} | {', '.join(f'{g:+.1f}' for g in p1)} | {_mean_sd(p1)} | {_mean_sd(p2)} |")
-    secs = {k: sum(r["seconds"][k] for r in runs) for k in runs[0]["seconds"]} if runs else {}
-    lines += ["", "Time taken (all seeds, wall clock): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items()),
+    secs: dict[str, float] = {}
+    for r in runs:
+        for k, v in r["seconds"].items():
+            secs[k] = secs.get(k, 0.0) + v
+    reused = sorted({r["scratch"]["reused_from"] for r in runs if "reused_from" in r["scratch"]})
+    lines += ["", "Time taken (all seeds, wall clock): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items())
+              + (f". The scratch arms are those of `{'`, `'.join(reused)}` (same seeds and finetuning settings; "
+                 "a scratch arm does not depend on pretraining)." if reused else ""),
               "", "## Command", "", "```bash",
               "python benchmarks/crl_study.py --seeds " + " ".join(str(r["seed"]) for r in runs)
               + f" --cameras {s['cameras']} --views {s['views']} --T {s['T']} --depth {s['depth']} --dim {s['dim']}"
@@ -218,7 +254,8 @@ def write_markdown(results: dict, path: Path) -> None:
               f" --target {s.get('target', 'output')} --temporal-pos-emb {s.get('temporal_pos_emb', 'none')}"
               + (f" --target-norm {s['target_norm']}" if s.get("target_norm", "instance") != "instance" else "")
               + (f" --baseline {Path(s['baseline']).relative_to(ROOT)}" if s.get("baseline") else "")
-              + (" --same-masks" if s.get("same_masks") else ""),
+              + (" --same-masks" if s.get("same_masks") else "")
+              + (f" --scratch-from {s['scratch_from']}" if s.get("scratch_from") else ""),
               "```", ""]
     reading = path.with_name(path.stem + "-reading.md")
     if reading.exists():  # the hand-written interpretation, kept apart from the generated figures
