@@ -75,7 +75,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS-cmu")
     ap.add_argument("--seed", type=int, default=0, help="training seed (arms are recorded as ARM-seedN for N > 0)")
     ap.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
-                    help="added to every arm's overrides (e.g. finetune.epochs=8 for a longer budget)")
+                    help="added to every stage's overrides, data and pretraining included (e.g. "
+                         "finetune.epochs=8 for a longer budget, clips.length=81 for longer clips)")
+    ap.add_argument("--tag", default="", help="suffix of the recorded arm names (e.g. t81 -> scratch-t81)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the markdown from the JSON")
     args = ap.parse_args()
     if args.report_only:
@@ -89,7 +91,8 @@ def main() -> None:
         ARMS[arm] = ARMS[arm] + ["-o", f"finetune.epochs={args.epochs_10pct}"]
     log = args.work / "log.txt"
     dp = DUALPOSE
-    p = ["-p", str(params)]
+    extra = [a for o in args.override for a in ("-o", o)]
+    p = ["-p", str(params)] + extra
     results_path = args.out.with_suffix(".json")
     results = json.loads(results_path.read_text()) if results_path.exists() else {"arms": {}}
     results["machine"] = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -104,9 +107,9 @@ def main() -> None:
         results["pretrain_seconds"] = run(dp + ["pretrain", "--fresh"] + p, log)
         results["pretrain"] = json.loads((artifacts / "models" / "pretrain" / "metrics.json").read_text())
     for arm in args.arms:
-        overrides = ARMS[arm] + [a for o in args.override for a in ("-o", o)] + ["-o", f"seed={args.seed}"]
-        name = arm if args.seed == 0 else f"{arm}-seed{args.seed}"
-        record = {"overrides": overrides,
+        overrides = ARMS[arm] + ["-o", f"seed={args.seed}"]
+        name = "-".join([arm] + ([args.tag] if args.tag else []) + ([f"seed{args.seed}"] if args.seed else []))
+        record = {"overrides": extra + overrides,
                   "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} python "
                              + " ".join(["benchmarks/cmu_benchmark.py", *sys.argv[1:]])}
         record["finetune_seconds"] = run(dp + ["finetune", "--fresh"] + p + overrides, log)
