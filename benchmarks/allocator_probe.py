@@ -20,15 +20,13 @@ from __future__ import annotations
 import json
 import os
 import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perf_vs_anchor import model_step  # noqa: E402
+from bench_step import median_seconds, model_step  # noqa: E402
 
 from dualpose.model import DualPoseLifter, build_spec  # noqa: E402
 from dualpose.model.blocks import set_activation_checkpointing  # noqa: E402
@@ -50,14 +48,7 @@ def main() -> None:
     set_activation_checkpointing(model, {"none": False, "full": "full", "auto": "auto"}[ckpt])
     x = torch.randn(2, spec.T, spec.num_joints, spec.in_channels)
     y = torch.randn(2, spec.T, spec.num_joints, spec.out_channels)
-    step = model_step(model, x, y, "train")
-    step()
-    times = []
-    for _ in range(2):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
+    median = median_seconds(model_step(model, x, y, "train"), warmup=1, repeats=2)
     print(json.dumps({"allocator": allocator, "checkpointing": ckpt,
                       "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
                       "threads": torch.get_num_threads(), "seconds_median": median, "frames_per_s": 2 * spec.T / median,

@@ -10,10 +10,14 @@ Usage::
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from dualpose.model import DualPoseLifter, build_spec
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_step import median_seconds  # noqa: E402
+
+from dualpose.model import DualPoseLifter, build_spec  # noqa: E402
 
 torch.set_num_threads(int(sys.argv[3]))
 variant, batch = sys.argv[1], int(sys.argv[2])
@@ -36,11 +40,5 @@ for name in ("eager", "compiled"):
         model.backbone.compile_blocks(dynamic=True)
         step()
         print("compile + first step, s", time.perf_counter() - t0, flush=True)
-    step()
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    median = sorted(times)[2]
+    median = median_seconds(step, warmup=1, repeats=5)
     print(name, "s/step", median, "frames/s", batch * spec.T / median, flush=True)
