@@ -104,8 +104,12 @@ def main() -> None:
         results["data_seconds"] = sum(run(dp + [stage, "cmu"] + p, log) for stage in ("prepare", "clips", "mask"))
     results["manifest"] = json.loads((artifacts / "tables" / "cmu" / "manifest.json").read_text())
     if NEEDS_PRETRAINING & set(args.arms) and not (artifacts / "models" / "pretrain" / "model.safetensors").exists():
-        results["pretrain_seconds"] = run(dp + ["pretrain", "--fresh"] + p, log)
-        results["pretrain"] = json.loads((artifacts / "models" / "pretrain" / "metrics.json").read_text())
+        seconds = run(dp + ["pretrain", "--fresh"] + p, log)
+        metrics = json.loads((artifacts / "models" / "pretrain" / "metrics.json").read_text())
+        if args.tag:  # a tagged run (other clips or model) has its own pretraining
+            results.setdefault("pretrain_by_tag", {})[args.tag] = {"seconds": seconds, "metrics": metrics}
+        else:
+            results["pretrain_seconds"], results["pretrain"] = seconds, metrics
     for arm in args.arms:
         overrides = ARMS[arm] + ["-o", f"seed={args.seed}"]
         name = "-".join([arm] + ([args.tag] if args.tag else []) + ([f"seed{args.seed}"] if args.seed else []))
@@ -154,21 +158,20 @@ def write_markdown(results: dict, path: Path, args) -> None:
                      f"{r['finetune']['steps']} | {r['finetune_seconds'] / 60:.1f} |")
     if "pretrain_seconds" in results:
         lines += ["", f"CRL pretraining: {results['pretrain']['steps']} steps in "
-                      f"{results['pretrain_seconds'] / 60:.1f} min (shared by the crl arms)."]
-    commands = list(dict.fromkeys(r["command"] for r in results["arms"].values() if "command" in r))
-    if commands:
-        lines += ["", "Each arm's overrides of the profile are in the JSON (`overrides`). Commands:", "",
-                  "```bash", *commands, "```", ""]
-        path.write_text("\n".join(lines))
-        return
-    lines += ["", "Each arm's overrides of the profile are in the JSON (`overrides`). Commands (1 thread per run; "
-              "the seed-1 arms ran in their own work folders):", "", "```bash",
-              "OMP_NUM_THREADS=1 python benchmarks/cmu_benchmark.py --epochs-10pct 10",
+                      f"{results['pretrain_seconds'] / 60:.1f} min (shared by the untagged crl arms)."]
+    for tag, pre in results.get("pretrain_by_tag", {}).items():
+        lines += ["", f"CRL pretraining of the `{tag}` arms (their own clips and model): {pre['metrics']['steps']} "
+                      f"steps in {pre['seconds'] / 60:.1f} min."]
+    # the first arms were recorded without their command; these are the commands that produced them
+    legacy = ["OMP_NUM_THREADS=1 python benchmarks/cmu_benchmark.py --epochs-10pct 10",
               "OMP_NUM_THREADS=1 python benchmarks/cmu_benchmark.py --seed 1 --arms no-frame-order "
               "--work /tmp/dualpose-cmu-no-frame-order --out /tmp/no-frame-order",
               "OMP_NUM_THREADS=1 python benchmarks/cmu_benchmark.py --seed 1 --arms scratch "
-              "--work /tmp/dualpose-cmu-scratch --out /tmp/scratch",
-              "```", ""]
+              "--work /tmp/dualpose-cmu-scratch --out /tmp/scratch"]
+    recorded = list(dict.fromkeys(r["command"] for r in results["arms"].values() if "command" in r))
+    commands = (legacy if any("command" not in r for r in results["arms"].values()) else []) + recorded
+    lines += ["", "Each arm's overrides of the profile are in the JSON (`overrides`). Commands (1 thread per run; "
+              "runs with other seeds or overrides used their own work folders):", "", "```bash", *commands, "```", ""]
     path.write_text("\n".join(lines))
 
 
