@@ -27,7 +27,10 @@ from other jobs on a shared machine falls on both alike:
   model compiled for the static shape with inductor weight freezing (``dualpose.model.compiled``);
 - ``after-selective``, ``after-sdpa``, ``after-plaingather`` (only with ``--figures``): selective
   activation checkpointing (keep matmul/attention outputs, recompute the rest); SDPA at every
-  length; the kNN gather of f5dad27.
+  length; the kNN gather of f5dad27;
+- ``after-frametable``, ``after-noframe`` (only with ``--figures``): the learned (T, C) frame table
+  or no frame signal instead of the default relative bias (which SDPA cannot run on its fast CPU
+  kernel: a logit bias sends it to the math path).
 
 ``--figures`` replaces the plan, e.g. ``--figures B:train:before,after,after-selective,after-nockpt``
 (variant:mode[batch]:sides; mode ``train``, ``infer1`` or ``infer8``).
@@ -84,7 +87,9 @@ def measure(side: str, variant: str, mode: str, batch: int, warmup: int, repeats
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
-    spec = build_spec(variant)
+    # the frame signal (default: the relative bias on the temporal attention logits) or another one
+    frame = {"after-frametable": "learned", "after-noframe": "none"}.get(side)
+    spec = build_spec(variant, {"temporal_pos_emb": frame} if frame else None)
     model = DualPoseLifter(spec)
     if side.endswith("malloc-tuned"):  # the opt-in allocator setting (DUALPOSE_MALLOC_TUNING=1)
         os.environ["DUALPOSE_MALLOC_TUNING"] = "1"
@@ -169,13 +174,15 @@ def figures_plan(variants: list[str]) -> list[tuple[str, str, int, list[str]]]:
 
 
 SIDES = ("before", "after", "after-malloc-tuned", "after-nockpt", "after-fullckpt", "after-fullckpt-malloc-tuned",
-         "after-selective", "after-sdpa", "after-plaingather", "after-compiled", "after-frozen")
+         "after-selective", "after-sdpa", "after-plaingather", "after-compiled", "after-frozen", "after-frametable",
+         "after-noframe")
 SIDE_LABELS = {"before": "before", "after": "after", "after-malloc-tuned": "after, malloc tuned",
                "after-fullckpt": "after, full ckpt", "after-fullckpt-malloc-tuned": "after, full ckpt + malloc tuned",
                "after-nockpt": "after, no ckpt",
                "after-selective": "after, selective ckpt", "after-sdpa": "after, SDPA",
                "after-plaingather": "after, plain kNN gather", "after-compiled": "after, compiled",
-               "after-frozen": "after, compiled + frozen"}
+               "after-frozen": "after, compiled + frozen", "after-frametable": "after, learned frame table",
+               "after-noframe": "after, no frame signal"}
 
 
 def parse_figures(specs: list[str]) -> list[tuple[str, str, int, list[str]]]:

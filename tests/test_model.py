@@ -218,9 +218,14 @@ def test_backbone_without_frame_embedding_sees_a_set_and_with_it_sees_order():
 
 
 def test_default_frame_signal_is_the_relative_bias():
-    """The default spec carries the relative frame bias, and once trained it sees frame order."""
+    """XS (short clips: the explicit attention kernel on CPU) carries the relative frame bias by
+    default, and once trained it sees frame order; the long-clip variants carry the frame table
+    (a logit bias would push SDPA onto its slow path)."""
     default = build_spec("XS", {**TINY, "T": 9})
     assert default.temporal_pos_emb == "relative"
+    assert {v: build_spec(v).temporal_pos_emb for v in ("XS", "S", "B", "L")} == {
+        "XS": "relative", "S": "learned", "B": "learned", "L": "learned"}
+    assert build_spec("B", {"temporal_pos_emb": "relative"}).temporal_pos_emb == "relative"  # still a choice
     torch.manual_seed(0)
     backbone = _with_random_relative_bias(settle(DualPoseBackbone(default))).eval()
     x, perm = poses(2, 9), torch.randperm(9)

@@ -45,11 +45,11 @@ def test_counts_match_closed_form(rows, variant):
     graph_sub = 4 * c + 2 * c + (2 * c * c + 2 * c) + 2 * c + (8 * c * c + 5 * c)
     per_block = 2 * attention_sub + 2 * graph_sub + (2 * c * 2 + 2)
     assert per_block == 44 * c * c + 58 * c + 2
-    # embedding 4C, joint positions JC, the default relative frame bias (heads x (2T - 1) per block),
-    # final norm 2C, head
-    assert spec.temporal_pos_emb == "relative"
-    frame_bias = d * spec.heads * (2 * t - 1)
-    total = d * per_block + (3 * c + c) + j * c + frame_bias + 2 * c + (c * 512 + 512) + (512 * 3 + 3)
+    # embedding 4C, joint positions JC, the variant's default frame signal (XS: the relative bias,
+    # heads x (2T - 1) per block; B: the (T, C) frame table), final norm 2C, head
+    frame_signal = {"XS": ("relative", d * spec.heads * (2 * t - 1)), "B": ("learned", t * c)}[variant]
+    assert spec.temporal_pos_emb == frame_signal[0]
+    total = d * per_block + (3 * c + c) + j * c + frame_signal[1] + 2 * c + (c * 512 + 512) + (512 * 3 + 3)
     assert rows[variant]["params"] == total
 
 

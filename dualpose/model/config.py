@@ -39,11 +39,12 @@ class ModelSpec:
     layer_scale_init: float = 1e-5
     drop_path: float = 0.0  # stochastic depth, rising linearly to this value over the blocks
     graph_self_loops: bool = False  # spatial GCN: D^-1/2 (A + I) D^-1/2 instead of D^-1/2 A D^-1/2
-    # Frame-order signal: "relative" (default: a learned bias per head and frame offset on the temporal
-    # attention logits, zero at init), "learned" (a (T, C) table starting at zero, linearly resampled for
-    # other lengths), "sinusoidal" (fixed, same scale as the learned table at init) or "none" (the
-    # reference: the backbone is then exactly permutation-equivariant over frames and sees a clip as a
-    # set). Why relative: docs/method-choices.md, "Frame order" (CMU A/B, 3 seeds).
+    # Frame-order signal: "relative" (a learned bias per head and frame offset on the temporal
+    # attention logits, zero at init; XS's default), "learned" (a (T, C) table starting at zero, linearly
+    # resampled for other lengths; the default of S, B and L, see VARIANTS), "sinusoidal" (fixed, same
+    # scale as the learned table at init) or "none" (the reference: the backbone is then exactly
+    # permutation-equivariant over frames and sees a clip as a set). Why: docs/method-choices.md,
+    # "Frame order" (CMU A/B, 3 seeds; speed at B).
     temporal_pos_emb: str = "relative"
 
     def __post_init__(self) -> None:
@@ -82,12 +83,16 @@ class ModelSpec:
         return int(self.dim * self.mlp_ratio)
 
 
-# depth x dim at design length T (paper-notes section 2).
-VARIANTS: dict[str, dict[str, int]] = {
-    "XS": {"depth": 12, "dim": 64, "T": 27},
-    "S": {"depth": 26, "dim": 64, "T": 81},
-    "B": {"depth": 16, "dim": 128, "T": 243},
-    "L": {"depth": 26, "dim": 128, "T": 243},
+# depth x dim at design length T (paper-notes section 2), and the frame signal per design length:
+# the relative bias where the temporal attention runs the explicit kernel on the CPU (T <= 32: the
+# bias rides free in its logits, and it won the CMU A/B at T = 27), the learned frame table for the
+# long clips, where a logit bias pushes SDPA off its fast CPU kernel onto the math path (B training
+# 44 vs 64 frames/s, inference 144 vs 180; benchmarks/RESULTS-perf.md, "Frame signal at B").
+VARIANTS: dict[str, dict[str, Any]] = {
+    "XS": {"depth": 12, "dim": 64, "T": 27, "temporal_pos_emb": "relative"},
+    "S": {"depth": 26, "dim": 64, "T": 81, "temporal_pos_emb": "learned"},
+    "B": {"depth": 16, "dim": 128, "T": 243, "temporal_pos_emb": "learned"},
+    "L": {"depth": 26, "dim": 128, "T": 243, "temporal_pos_emb": "learned"},
 }
 
 _DERIVED = {"num_joints", "skeleton"}
