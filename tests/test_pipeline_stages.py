@@ -1,6 +1,7 @@
 """The library's stages end to end on a tiny synthetic configuration (in process)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,6 +73,10 @@ def test_pretrain_finetune_evaluate(prepared):
     assert 0 < ref["frames_evaluated"] <= metrics["frames"] and ref["stride"] == ref["window"] == params.clips.length
     assert 0 < ref["p_mpjpe_mm"] <= ref["mpjpe_mm"] < 2000
     assert "references' windows" in report
+    # no absolute path of this checkout in the report or the details: DVC hashes them alike everywhere
+    shown = f"{Path(layout.root).name}/models/finetune/best"
+    assert detail["weights"] == shown and f"- weights: {shown}" in report
+    assert str(Path(layout.root).resolve()) not in report
 
 
 def test_finetune_from_scratch_needs_no_pretraining(prepared):

@@ -59,6 +59,16 @@ def split_rows(table: EncodedTable, index: ClipIndex, split: str) -> np.ndarray:
     return np.isin(arrays.codes["video_id"], videos)
 
 
+def portable_path(path: Path, layout: Layout) -> str:
+    """``path`` relative to the folder that holds the storage root (e.g. ``artifacts/models/...``) when
+    it lies there, else as given: reports and metrics then hash the same in every checkout (DVC)."""
+    base = Path(layout.root).resolve().parent
+    try:
+        return Path(path).resolve().relative_to(base).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def resolve_weights(layout: Layout, weights: str) -> Path:
     if weights in ("best", "last"):
         path = layout.model("finetune") / weights
@@ -138,9 +148,10 @@ def run_evaluation(params: Params, layout: Layout, weights: str = "best", split:
         skeleton=skeleton, exclude_patterns=exclude,
         pck_threshold_mm=cfg.pck_threshold_mm, auc_max_mm=cfg.auc_max_mm, auc_step_mm=cfg.auc_step_mm,
     )
-    metrics.update({"dataset": dataset, "split": split, "weights": str(weights_path), "flip_tta": cfg.flip_tta,
+    shown_weights = portable_path(weights_path, layout)
+    metrics.update({"dataset": dataset, "split": split, "weights": shown_weights, "flip_tta": cfg.flip_tta,
                     "window": window, "stride": stride, "mode": mode, "frames": int(len(sel))})
-    notes = [f"weights: {weights_path}", f"windows of {window} frames, stride {stride}, {mode} mode, "
+    notes = [f"weights: {shown_weights}", f"windows of {window} frames, stride {stride}, {mode} mode, "
              f"flip TTA {'on' if cfg.flip_tta else 'off'}"]
     if cfg.reference_windows and mode == "average":
         ref = reference_window_metrics(model, table, rows, sel, window, cfg, codec, gt_mm, actions, exclude, skeleton)
