@@ -29,6 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_runs import DUALPOSE, run  # noqa: E402
 from crl_diagnostics import diagnose  # noqa: E402
 
+from dualpose.model.config import TEMPORAL_POS_EMB  # noqa: E402
+from dualpose.train.crl import TARGET_NORMS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CMU = ROOT.parent / "shared" / "data" / "cmu" / "cmu_train.npz"
 
@@ -74,13 +77,13 @@ def main() -> None:
     # (time constants of 100 -> 1000 steps), or the teacher stays at its random initialisation.
     ap.add_argument("--ema-start", type=float, default=0.99)
     ap.add_argument("--ema-end", type=float, default=0.999)
-    ap.add_argument("--target-norm", choices=["instance", "joint", "trajectory", "layer"], default="instance",
+    ap.add_argument("--target-norm", choices=list(TARGET_NORMS), default="instance",
                     help="normalisation of each target block: over the clip's tokens, each joint over the batch, "
                          "over each joint's frames, per token")
     ap.add_argument("--target", choices=["ffn", "output"], default="ffn",
                     help="CRL target: the top blocks' pre-residual FFN outputs (data2vec) or their outputs (v1)")
     ap.add_argument("--same-masks", action="store_true", help="reuse the table's masks every epoch (v1)")
-    ap.add_argument("--temporal-pos-emb", choices=["learned", "relative", "sinusoidal", "none"], default="learned")
+    ap.add_argument("--temporal-pos-emb", choices=list(TEMPORAL_POS_EMB), default="learned")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="another study's output folder (e.g. docs/crl-study) whose paired gains to show beside these")
     ap.add_argument("--scratch-from", type=Path, default=None,

@@ -224,3 +224,15 @@ def test_pretraining_draws_each_epochs_masks_from_a_new_stream(tiny_params_path,
     assert len(seen) == len(set(seen))
     streams = {(c, e * params.masking.views + v) for c, v, e in seen}
     assert len(streams) == len(seen)
+
+
+def test_config_offers_exactly_the_implemented_target_norms():
+    """params.yaml's pretrain.target_norm choices and the normalisations crl.py implements agree."""
+    from typing import get_args
+
+    from dualpose.config import PretrainConfig
+    from dualpose.train.crl import TARGET_NORMS
+
+    assert set(get_args(PretrainConfig.model_fields["target_norm"].annotation)) == set(TARGET_NORMS)
+    for kind in TARGET_NORMS:
+        assert normalise_block_output(torch.randn(2, 3, 17, 4), kind).shape == (2, 3, 17, 4)
