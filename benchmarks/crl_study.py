@@ -84,8 +84,9 @@ def main() -> None:
                     help="CRL target: the top blocks' pre-residual FFN outputs (data2vec) or their outputs (v1)")
     ap.add_argument("--same-masks", action="store_true", help="reuse the table's masks every epoch (v1)")
     ap.add_argument("--temporal-pos-emb", choices=list(TEMPORAL_POS_EMB), default="learned")
-    ap.add_argument("--baseline", type=Path, default=None,
-                    help="another study's output folder (e.g. docs/crl-study) whose paired gains to show beside these")
+    ap.add_argument("--baseline", type=Path, nargs="+", default=None,
+                    help="other studies' output folders (e.g. docs/crl-study-long) whose paired gains to show "
+                         "beside these, on the same seeds")
     ap.add_argument("--scratch-from", type=Path, default=None,
                     help="another study's output folder whose scratch arms to reuse (same seed): the scratch "
                          "arm does not depend on pretraining, and reruns of it are bit-identical; refused "
@@ -103,7 +104,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": []}
-    results["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    results["settings"] = {k: ([str(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], Path)
+                               else str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     results["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
                          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     scratch_runs = reusable_scratch_runs(args)
@@ -172,6 +174,19 @@ def paired_gain(runs: list[dict], key: str) -> list[float]:
     return [r["pretrained"][key] - r["scratch"][key] for r in runs]
 
 
+def _repo_relative(path: Path) -> str:
+    """``path`` as written from the repository root when it lies inside it."""
+    path = path if path.is_absolute() else ROOT / path
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _baselines(settings: dict) -> list[Path]:
+    """The study folders named by ``--baseline`` (one path in older results, a list now) that exist."""
+    named = settings.get("baseline") or []
+    folders = [Path(f) if Path(f).is_absolute() else ROOT / f for f in ([named] if isinstance(named, str) else named)]
+    return [f for f in folders if (f / "results.json").exists()]
+
+
 def write_markdown(results: dict, path: Path) -> None:
     runs = results["runs"]
     s = results["settings"]
@@ -224,11 +239,12 @@ def write_markdown(results: dict, path: Path) -> None:
                                                   ("pretrained", "test_p_mpjpe_mm"), ("scratch", "test_p_mpjpe_mm"))]
     lines += ["| mean ± sd | " + " | ".join(_mean_sd(c) for c in cols) + " | | | |", ""]
     baseline = []
-    if s.get("baseline") and (Path(s["baseline"]) / "results.json").exists():
-        base = json.loads((Path(s["baseline"]) / "results.json").read_text())
-        norm = base["settings"].get("target_norm", "instance")
-        label = f"baseline: `{norm}` target norm, otherwise the same settings (`{Path(s['baseline']).name}`)"
-        baseline = [(label, [r for r in base["runs"] if r["seed"] in {x["seed"] for x in runs}])]
+    for folder in _baselines(s):
+        base = json.loads((folder / "results.json").read_text())
+        bs = base["settings"]
+        label = (f"baseline: `{bs.get('target_norm', 'instance')}` target norm, {bs['pretrain_epochs']} pretraining "
+                 f"epochs (`{folder.name}`)")
+        baseline.append((label, [r for r in base["runs"] if r["seed"] in {x["seed"] for x in runs}]))
     gains = [("this study", runs)] + baseline + ([("before (v1: post-residual targets, same masks every epoch, no frame "
                                         "order; `crl-study/results-v1.json`)", v1)] if v1 else []) \
         + ([("v2: `instance` FFN targets, fresh masks, learned frame table, 2 pretraining epochs "
@@ -256,7 +272,7 @@ def write_markdown(results: dict, path: Path) -> None:
               f" --ema-start {s['ema_start']} --ema-end {s['ema_end']}"
               f" --target {s.get('target', 'output')} --temporal-pos-emb {s.get('temporal_pos_emb', 'none')}"
               + (f" --target-norm {s['target_norm']}" if s.get("target_norm", "instance") != "instance" else "")
-              + (f" --baseline {Path(s['baseline']).relative_to(ROOT)}" if s.get("baseline") else "")
+              + (" --baseline " + " ".join(_repo_relative(f) for f in _baselines(s)) if _baselines(s) else "")
               + (" --same-masks" if s.get("same_masks") else "")
               + (f" --scratch-from {s['scratch_from']}" if s.get("scratch_from") else ""),
               "```", ""]
