@@ -6,7 +6,8 @@ minus scratch, same seed; negative = pretraining helped) and the token-local R²
 targets after pretraining, with the issue's two bars: the first study's gain (v1) and R² 0.9::
 
     python benchmarks/crl_budget_plot.py docs/crl-study-long/results-2ep.json docs/crl-study-long/results.json \\
-        docs/crl-study-24ep-instance/results.json docs/crl-study-joint/results-2ep.json \\
+        docs/crl-study-24ep-instance/results.json docs/crl-study-48ep-instance/results.json \\
+        docs/crl-study-joint/results-2ep.json \\
         docs/crl-study-joint/results.json docs/crl-study-24ep-joint/results.json \\
         --v1 docs/crl-study/results-v1.json --out docs/crl-budget.png
 
