@@ -11,8 +11,8 @@ targets after pretraining, with the issue's two bars: the first study's gain (v1
         docs/crl-study-joint/results.json docs/crl-study-24ep-joint/results.json \\
         --v1 docs/crl-study/results-v1.json --out docs/crl-budget.png
 
-Only studies with the same finetuning settings and frame signal belong on one plot: the script
-refuses a mix.
+Only studies that differ in nothing but target normalisation and pretraining length belong on one
+plot: the script refuses a mix.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import statistics
 import sys
 from pathlib import Path
 
-# Settings every study on one plot must share (pretraining length and target norm are the axes).
+# Settings every study on one plot must share (pretraining length and target norm are the axes):
+# finetuning, model, data, and the rest of the pretraining recipe.
 SHARED = ("T", "depth", "dim", "cameras", "finetune_epochs", "finetune_batch", "label_fraction",
-          "temporal_pos_emb", "target", "top_k")
+          "temporal_pos_emb", "target", "top_k", "views", "layer_scale", "ema_start", "ema_end", "same_masks")
 
 
 def load(paths: list[Path]) -> dict[str, dict[int, list[dict]]]:
