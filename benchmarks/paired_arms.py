@@ -135,7 +135,7 @@ def plot(found: dict[str, dict[int, dict]], pair_list: list[tuple[str, str]], ou
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xticks(range(len(pair_list)), [f"{a}\nvs {b}" for a, b in pair_list])
         ax.set_xlim(-0.6, len(pair_list) - 0.4)
-        ax.set_title(f"{title} ({'%' if pct else 'mm'})\nbelow 0 = first arm better", fontsize=9)
+        ax.set_title(f"{title.removesuffix(' mm')} ({'%' if pct else 'mm'})\nbelow 0 = first arm better", fontsize=9)
     axes[0].legend(fontsize=8, loc="best")
     fig.tight_layout()
     tmp = out.with_name(out.name + ".tmp.png")
