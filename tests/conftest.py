@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -12,6 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CMU_DIR = ROOT.parent / "shared" / "data" / "cmu"
 
 os.environ.setdefault("DUALPOSE_PROGRESS", "0")
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ (not a package) imported as a module, for testing its functions."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_params_dict(root: Path) -> dict:

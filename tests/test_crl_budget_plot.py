@@ -1,20 +1,16 @@
 """benchmarks/crl_budget_plot.py: gains grouped by target norm and length, incomparable studies refused."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "crl_budget_plot.py"
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def budget():
-    spec = importlib.util.spec_from_file_location("crl_budget_plot", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("crl_budget_plot")
 
 
 def _study(tmp_path: Path, name: str, norm: str, epochs: int, pairs: list[tuple[float, float]], r2: float,

@@ -1,20 +1,16 @@
 """benchmarks/paired_arms.py: records matched by arm, tag and seed; paired differences; refusals."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_arms.py"
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def paired_arms():
-    spec = importlib.util.spec_from_file_location("paired_arms", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("paired_arms")
 
 
 def _record(p1: float, mpjve: float, steps: int = 100, best_epoch: int = 3) -> dict:
