@@ -11,6 +11,7 @@ no-frame-order     scratch, ``temporal_pos_emb: none`` (the reference's set-like
 scratch            scratch, the default frame signal (the relative frame bias since the 12-epoch A/B)
 frame-relative     scratch, relative frame bias on the temporal attention logits, explicit
 frame-table        scratch, the learned (T, C) frame table (the default before that A/B)
+frame-rotary       scratch, rotary frame embedding on the temporal attention's q and k
 crl                CRL pretraining (FFN targets, a new mask per epoch), then finetuning
 scratch-10pct      scratch, 10% of the training videos keep their 3D labels
 crl-10pct          CRL pretraining, then finetuning with the same 10% of labels
@@ -48,6 +49,7 @@ ARMS: dict[str, list[str]] = {
     "scratch": ["-o", "finetune.init=scratch"],
     "frame-relative": ["-o", "finetune.init=scratch", "-o", "model.overrides.temporal_pos_emb=relative"],
     "frame-table": ["-o", "finetune.init=scratch", "-o", "model.overrides.temporal_pos_emb=learned"],
+    "frame-rotary": ["-o", "finetune.init=scratch", "-o", "model.overrides.temporal_pos_emb=rotary"],
     "crl": ["-o", "finetune.init=pretrained"],
     "scratch-10pct": ["-o", "finetune.init=scratch", "-o", "finetune.label_fraction=0.1"],
     "crl-10pct": ["-o", "finetune.init=pretrained", "-o", "finetune.label_fraction=0.1"],

@@ -58,7 +58,7 @@ def test_spec_errors_name_the_problem():
     with pytest.raises(ConfigError, match=r"dim \(60\) must be divisible by heads \(8\)"):
         build_spec("XS", {"dim": 60})
     with pytest.raises(ConfigError, match="temporal_pos_emb must be one of"):
-        build_spec("XS", {"temporal_pos_emb": "rotary"})
+        build_spec("XS", {"temporal_pos_emb": "alibi"})
 
 
 def test_spec_from_params_and_custom_skeleton():
@@ -273,6 +273,79 @@ def test_relative_frame_bias_values_and_clipping():
     assert bias[1, 1, 1] == 10
     with pytest.raises(ValueError, match="only defined over frames"):
         AxisAttention(8, 2, "spatial", relative_frames=4)
+
+
+def test_rotary_frame_embedding_sees_order_without_parameters():
+    """The rotary embedding adds no parameter (its state dict is the order-blind backbone's). At
+    initialisation q and k are tiny (std 0.02 weights), the logits near zero and the backbone
+    nearly order-blind; with q and k at a trained scale it sees frame order. Any clip length
+    runs, and only the temporal attention rotates."""
+    spec = build_spec("XS", {**TINY, "T": 9, "temporal_pos_emb": "rotary"})
+    torch.manual_seed(0)
+    backbone = settle(DualPoseBackbone(spec)).eval()
+    plain = DualPoseBackbone(build_spec("XS", {**TINY, "T": 9, "temporal_pos_emb": "none"}))
+    assert backbone.state_dict().keys() == plain.state_dict().keys()
+    assert backbone.temporal_pos_embed is None
+    assert all(b.attn_temporal.mixer.rotary and not b.attn_spatial.mixer.rotary for b in backbone.blocks)
+    x, perm = poses(2, 9), torch.randperm(9)
+    with torch.no_grad():
+        assert float((backbone(x[:, perm]) - backbone(x)[:, perm]).abs().max()) < 1e-3
+        for block in backbone.blocks:  # as after training: q and k large enough to steer attention
+            block.attn_temporal.mixer.qkv.weight.mul_(25.0)
+        assert float((backbone(x[:, perm]) - backbone(x)[:, perm]).abs().max()) > 1e-2
+        assert backbone(poses(1, 30)).shape == (1, 30, spec.num_joints, spec.dim)
+
+
+def test_rotary_logits_depend_on_the_frame_offset_only():
+    """q_t . k_s after rotation is a function of t - s: shifting both frames leaves it unchanged,
+    and the rotation keeps each vector's norm; frame 0 is not rotated."""
+    from dualpose.model.attention import rotary_angles, rotate
+
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, 12, 8, generator=gen), torch.randn(2, 3, 12, 8, generator=gen)
+    cos, sin = rotary_angles(40, 8)
+    assert cos.shape == sin.shape == (40, 4)
+
+    def logits(start):
+        c, s = cos[start:start + 12], sin[start:start + 12]
+        return rotate(q, c, s) @ rotate(k, c, s).transpose(-1, -2)
+
+    torch.testing.assert_close(logits(0), logits(17), rtol=1e-4, atol=1e-4)
+    assert (logits(0) - q @ k.transpose(-1, -2)).abs().max() > 1e-2  # but the offset matters
+    rotated = rotate(q, cos[:12], sin[:12])
+    torch.testing.assert_close(rotated.norm(dim=-1), q.norm(dim=-1))
+    torch.testing.assert_close(rotated[..., 0, :], q[..., 0, :])
+
+
+def test_rotary_frame_embedding_rejects_odd_head_sizes_and_other_axes():
+    with pytest.raises(ConfigError, match="'rotary' needs an even head size, got dim 24 / heads 8 = 3"):
+        build_spec("XS", {"dim": 24, "heads": 8, "temporal_pos_emb": "rotary"})
+    with pytest.raises(ValueError, match="only defined over frames"):
+        AxisAttention(8, 2, "spatial", rotary=True)
+    with pytest.raises(ValueError, match="choose one frame signal"):
+        AxisAttention(8, 2, "temporal", relative_frames=4, rotary=True)
+
+
+@pytest.mark.parametrize("frames", [5, 27, 40])
+def test_rotary_frame_embedding_same_with_both_attention_kernels(frames):
+    """Explicit and SDPA kernels give the same rotary attention output and qkv gradient."""
+    from dualpose.model.attention import set_attention_kernel
+
+    torch.manual_seed(0)
+    attn = AxisAttention(16, 2, "temporal", rotary=True)
+    x = torch.randn(2, frames, 3, 16)
+    results = []
+    for kernel in ("explicit", "sdpa"):
+        previous = set_attention_kernel(kernel)
+        try:
+            attn.zero_grad()
+            out = attn(x)
+            out.pow(2).sum().backward()
+            results.append((out.detach(), attn.qkv.weight.grad.clone()))
+        finally:
+            set_attention_kernel(previous)
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("frames", [5, 9, 40])

@@ -58,3 +58,19 @@ def test_relative_frame_bias_exports_and_runs_other_lengths(tmp_path):
     for batch, frames in ((1, 9), (2, 20), (1, 5)):
         x = torch.randn(batch, frames, 17, 3, generator=torch.Generator().manual_seed(frames))
         assert check_onnx(model, path, x) < 1e-4
+
+
+def test_rotary_frame_embedding_exports_and_runs_other_lengths(tmp_path):
+    """The rotation angles are computed from the input's length, so the exported graph stays
+    dynamic in frames."""
+    torch.manual_seed(0)
+    model = DualPoseLifter(build_spec("XS", {"depth": 2, "dim": 16, "heads": 2, "T": 9,
+                                             "temporal_pos_emb": "rotary"}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("ls1", "ls2")):
+                p.fill_(0.5)
+    path = export_onnx(model, tmp_path / "rotary.onnx")
+    for batch, frames in ((1, 9), (2, 20), (1, 5)):
+        x = torch.randn(batch, frames, 17, 3, generator=torch.Generator().manual_seed(frames))
+        assert check_onnx(model, path, x) < 1e-4

@@ -17,6 +17,11 @@ Temporal attention can carry a learned relative position bias (``temporal_pos_em
 one scalar per head and frame offset ``i - j``, added to the logits (T5 / Swin style). Offsets
 beyond the design length are clipped to its largest, so any clip length runs; the table starts
 at zero, so an untrained model is still order-blind and learns order where it pays.
+
+Or it can carry a rotary frame embedding (``temporal_pos_emb: rotary``, RoFormer): q and k of
+frame t are rotated by angles ``t * base**(-2i/d)``, so their product depends on the frame offset
+only. No parameter, any clip length, and no logit bias: SDPA keeps its fast kernels (a bias sends
+it to the slow math path on the CPU, which cost B 30 % of its training speed).
 """
 
 from __future__ import annotations
@@ -81,6 +86,26 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str,
     return torch.bmm(scores.softmax(dim=-1), v3).view(*batch, length, d)
 
 
+ROTARY_BASE = 10000.0  # RoFormer's; wavelengths from ~6 frames (d = 8) to beyond any clip
+
+
+def rotary_angles(length: int, head_dim: int, device: torch.device | None = None,
+                  base: float = ROTARY_BASE) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each (L, d/2) in fp32, of the angles ``t * base**(-2i/d)`` for frame t."""
+    if head_dim % 2:
+        raise ValueError(f"rotary frame embedding needs an even head size (dim / heads), got {head_dim}")
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the (first half, second half) channel pairs of (..., L, d) by the tables' angles."""
+    first, second = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
+
+
 def relative_offsets(length: int, max_offset: int, device: torch.device | None = None) -> torch.Tensor:
     """(L, L) indices ``clip(i - j, -max_offset, max_offset) + max_offset`` into a bias table."""
     pos = torch.arange(length, device=device)
@@ -95,16 +120,24 @@ class AxisAttention(nn.Module):
     to (sequences, heads, L, d), and one brings the result back to (B, T, J, C) for ``proj``.
     """
 
-    def __init__(self, dim: int, heads: int, axis: Axis, relative_frames: int = 0) -> None:
+    def __init__(self, dim: int, heads: int, axis: Axis, relative_frames: int = 0,
+                 rotary: bool = False) -> None:
         """``relative_frames`` > 0 (temporal only): a learned relative position bias for offsets
-        up to ``relative_frames - 1`` frames (the design clip length), zero at initialisation."""
+        up to ``relative_frames - 1`` frames (the design clip length), zero at initialisation.
+        ``rotary`` (temporal only): rotate q and k by their frame index (no parameter)."""
         super().__init__()
         if axis not in ("spatial", "temporal"):
             raise ValueError(f"axis must be 'spatial' or 'temporal', got {axis!r}")
-        if relative_frames and axis != "temporal":
-            raise ValueError("a relative position bias is only defined over frames (axis 'temporal')")
+        if (relative_frames or rotary) and axis != "temporal":
+            raise ValueError("a relative position bias or rotary embedding is only defined over frames "
+                             "(axis 'temporal')")
+        if relative_frames and rotary:
+            raise ValueError("choose one frame signal: a relative position bias or a rotary embedding")
+        if rotary and (dim // heads) % 2:
+            raise ValueError(f"rotary frame embedding needs an even head size, got dim {dim} / heads {heads}")
         self.heads = heads
         self.axis = axis
+        self.rotary = rotary
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
         self.max_offset = max(relative_frames - 1, 0)
@@ -128,6 +161,9 @@ class AxisAttention(nn.Module):
             outer, length = t, j
             qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, T, H, J, d)
         q, k, v = qkv.reshape(3, b * outer, h, length, d).unbind(0)
+        if self.rotary:
+            cos, sin = rotary_angles(length, d, x.device)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         bias = self.position_bias(length, x.device) if self.axis == "temporal" else None
         out = attend(q, k, v, choose_kernel(x.device, length), bias).view(b, outer, h, length, d)
         if self.axis == "temporal":

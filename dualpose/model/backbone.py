@@ -69,7 +69,8 @@ class DualPoseBackbone(nn.Module):
         relative_frames = spec.T if spec.temporal_pos_emb == "relative" else 0
         self.blocks = nn.ModuleList(
             DualStreamBlock(c, spec.heads, spec.hidden_dim, adjacency, spec.k_neighbors,
-                            spec.layer_scale_init, rate, relative_frames)
+                            spec.layer_scale_init, rate, relative_frames,
+                            rotary=spec.temporal_pos_emb == "rotary")
             for rate in rates
         )
         self.norm = nn.LayerNorm(c)

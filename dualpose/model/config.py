@@ -18,7 +18,7 @@ from dualpose.skeleton import Skeleton, get_skeleton
 if TYPE_CHECKING:
     from dualpose.config import Params
 
-TEMPORAL_POS_EMB = ("learned", "sinusoidal", "relative", "none")
+TEMPORAL_POS_EMB = ("learned", "sinusoidal", "relative", "rotary", "none")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class ModelSpec:
     # Frame-order signal: "relative" (a learned bias per head and frame offset on the temporal
     # attention logits, zero at init; XS's default), "learned" (a (T, C) table starting at zero, linearly
     # resampled for other lengths; the default of S, B and L, see VARIANTS), "sinusoidal" (fixed, same
-    # scale as the learned table at init) or "none" (the reference: the backbone is then exactly
+    # scale as the learned table at init), "rotary" (q and k of the temporal attention rotated by
+    # the frame index, RoFormer: relative, parameter-free, keeps SDPA's fast kernels) or "none" (the reference: the backbone is then exactly
     # permutation-equivariant over frames and sees a clip as a set). Why: docs/method-choices.md,
     # "Frame order" (CMU A/B, 3 seeds; speed at B).
     temporal_pos_emb: str = "relative"
@@ -63,6 +64,10 @@ class ModelSpec:
             problems.append(f"drop_path must be in [0, 1), got {self.drop_path!r}")
         if self.temporal_pos_emb not in TEMPORAL_POS_EMB:
             problems.append(f"temporal_pos_emb must be one of {TEMPORAL_POS_EMB}, got {self.temporal_pos_emb!r}")
+        elif (self.temporal_pos_emb == "rotary" and isinstance(self.dim, int) and isinstance(self.heads, int)
+              and self.heads > 0 and not self.dim % self.heads and (self.dim // self.heads) % 2):
+            problems.append(f"temporal_pos_emb 'rotary' needs an even head size, got dim {self.dim} / "
+                            f"heads {self.heads} = {self.dim // self.heads}")
         if problems:
             raise ConfigError("invalid model spec: " + "; ".join(problems))
 
