@@ -27,8 +27,10 @@ def median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> float
     return statistics.median(times)
 
 
-def model_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str) -> Callable[[], None]:
-    """``mode="infer"``: a no-grad forward in eval mode; otherwise forward + backward + AdamW step."""
+def model_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str,
+               optimizer: torch.optim.Optimizer | None = None) -> Callable[[], None]:
+    """``mode="infer"``: a no-grad forward in eval mode; otherwise forward + backward + optimiser
+    step (``optimizer``, by default PyTorch's plain AdamW at lr 5e-4, weight decay 0.01)."""
     if mode == "infer":
         model.eval()
 
@@ -37,7 +39,7 @@ def model_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mode: s
                 model(x)
         return step
     model.train()
-    optim = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
+    optim = optimizer or torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
 
     def train_step() -> None:
         optim.zero_grad(set_to_none=True)

@@ -3,7 +3,8 @@ the fast paths, in one run on one machine, with ratios against the MotionAGForme
 
 Protocol (as the anchors): fp32, ``torch.set_num_threads(2)`` and ``OMP_NUM_THREADS=2``; XS at
 T=27, S at T=81, B and L at T=243; inference (eval, no_grad) at batch 1 and 8; training = forward +
-MPJPE loss + backward + AdamW step at batch 4 (XS, S) or 2 (B, L); frames/s = batch x T / median
+MPJPE loss + backward + AdamW step (the optimiser each side's own training loop builds:
+fused AdamW ``after``, PyTorch's plain one ``before``) at batch 4 (XS, S) or 2 (B, L); frames/s = batch x T / median
 seconds of the timed calls after warm-up; every figure in its own process; peak RSS = that
 process's ``ru_maxrss``.
 
@@ -28,9 +29,12 @@ from other jobs on a shared machine falls on both alike:
 - ``after-selective``, ``after-sdpa``, ``after-plaingather`` (only with ``--figures``): selective
   activation checkpointing (keep matmul/attention outputs, recompute the rest); SDPA at every
   length; the kNN gather of f5dad27;
-- ``after-frametable``, ``after-noframe`` (only with ``--figures``): the learned (T, C) frame table
-  or no frame signal instead of the default relative bias (which SDPA cannot run on its fast CPU
-  kernel: a logit bias sends it to the math path).
+- ``after-frametable``, ``after-noframe``, ``after-rotary``, ``after-relative`` (only with
+  ``--figures``): the learned (T, C) frame table, no frame signal, the rotary embedding or the
+  relative bias instead of the variant's default frame signal (SDPA cannot run a logit bias on its
+  fast CPU kernel: it sends it to the math path);
+- ``after-plainadam`` (training, only with ``--figures``): PyTorch's plain AdamW instead of the
+  fused one the training loop builds.
 
 ``--figures`` replaces the plan, e.g. ``--figures B:train:before,after,after-selective,after-nockpt``
 (variant:mode[batch]:sides; mode ``train``, ``infer1`` or ``infer8``).
@@ -79,6 +83,19 @@ ANCHOR_OURS = {
 DESIGN_T = {"XS": 27, "S": 81, "B": 243, "L": 243}
 
 
+def training_optimizer(model, side: str):
+    """The optimiser each side's own training loop builds (``dualpose.train.loop.build_optimizer``:
+    fused AdamW in ``after``, the plain one at f5dad27), at lr 5e-4 and weight decay 0.01;
+    ``after-plainadam``: PyTorch's plain AdamW, the lever switched off."""
+    import torch
+
+    if side == "after-plainadam":
+        return torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
+    from dualpose.config import OptimConfig
+    from dualpose.train.loop import build_optimizer
+    return build_optimizer(model.parameters(), OptimConfig(lr=5e-4, weight_decay=0.01))
+
+
 def measure(side: str, variant: str, mode: str, batch: int, warmup: int, repeats: int, budget: float) -> dict:
     """One figure, in this process (the caller made it a fresh one)."""
     import torch
@@ -88,7 +105,8 @@ def measure(side: str, variant: str, mode: str, batch: int, warmup: int, repeats
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     # the frame signal (default: the relative bias on the temporal attention logits) or another one
-    frame = {"after-frametable": "learned", "after-noframe": "none"}.get(side)
+    frame = {"after-frametable": "learned", "after-noframe": "none", "after-rotary": "rotary",
+             "after-relative": "relative"}.get(side)
     spec = build_spec(variant, {"temporal_pos_emb": frame} if frame else None)
     model = DualPoseLifter(spec)
     if side.endswith("malloc-tuned"):  # the opt-in allocator setting (DUALPOSE_MALLOC_TUNING=1)
@@ -116,7 +134,7 @@ def measure(side: str, variant: str, mode: str, batch: int, warmup: int, repeats
         model = compile_for_inference(model)
     x = torch.randn(batch, spec.T, spec.num_joints, spec.in_channels)
     y = torch.randn(batch, spec.T, spec.num_joints, spec.out_channels)
-    step = model_step(model, x, y, mode)
+    step = model_step(model, x, y, mode, optimizer=None if mode == "infer" else training_optimizer(model, side))
 
     for _ in range(warmup):
         step()
@@ -175,14 +193,15 @@ def figures_plan(variants: list[str]) -> list[tuple[str, str, int, list[str]]]:
 
 SIDES = ("before", "after", "after-malloc-tuned", "after-nockpt", "after-fullckpt", "after-fullckpt-malloc-tuned",
          "after-selective", "after-sdpa", "after-plaingather", "after-compiled", "after-frozen", "after-frametable",
-         "after-noframe")
+         "after-noframe", "after-rotary", "after-relative", "after-plainadam")
 SIDE_LABELS = {"before": "before", "after": "after", "after-malloc-tuned": "after, malloc tuned",
                "after-fullckpt": "after, full ckpt", "after-fullckpt-malloc-tuned": "after, full ckpt + malloc tuned",
                "after-nockpt": "after, no ckpt",
                "after-selective": "after, selective ckpt", "after-sdpa": "after, SDPA",
                "after-plaingather": "after, plain kNN gather", "after-compiled": "after, compiled",
                "after-frozen": "after, compiled + frozen", "after-frametable": "after, learned frame table",
-               "after-noframe": "after, no frame signal"}
+               "after-noframe": "after, no frame signal", "after-rotary": "after, rotary frame embedding",
+               "after-relative": "after, relative frame bias", "after-plainadam": "after, plain AdamW"}
 
 
 def parse_figures(specs: list[str]) -> list[tuple[str, str, int, list[str]]]:

@@ -326,14 +326,10 @@ def test_rotary_frame_embedding_rejects_odd_head_sizes_and_other_axes():
         AxisAttention(8, 2, "temporal", relative_frames=4, rotary=True)
 
 
-@pytest.mark.parametrize("frames", [5, 27, 40])
-def test_rotary_frame_embedding_same_with_both_attention_kernels(frames):
-    """Explicit and SDPA kernels give the same rotary attention output and qkv gradient."""
+def _attention_on_both_kernels(attn: AxisAttention, x: torch.Tensor, grad_of: torch.Tensor) -> None:
+    """Explicit and SDPA kernels give ``attn`` the same output and the same gradient of ``grad_of``."""
     from dualpose.model.attention import set_attention_kernel
 
-    torch.manual_seed(0)
-    attn = AxisAttention(16, 2, "temporal", rotary=True)
-    x = torch.randn(2, frames, 3, 16)
     results = []
     for kernel in ("explicit", "sdpa"):
         previous = set_attention_kernel(kernel)
@@ -341,36 +337,29 @@ def test_rotary_frame_embedding_same_with_both_attention_kernels(frames):
             attn.zero_grad()
             out = attn(x)
             out.pow(2).sum().backward()
-            results.append((out.detach(), attn.qkv.weight.grad.clone()))
-        finally:
-            set_attention_kernel(previous)
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("frames", [5, 9, 40])
-def test_relative_frame_bias_same_with_both_attention_kernels(frames):
-    """SDPA (float mask) and the explicit kernel give the same output and bias gradient."""
-    from dualpose.model.attention import set_attention_kernel
-
-    torch.manual_seed(0)
-    attn = AxisAttention(16, 2, "temporal", relative_frames=9)
-    with torch.no_grad():
-        attn.rel_bias.normal_()
-    x = torch.randn(2, frames, 3, 16)
-    results = []
-    for kernel in ("explicit", "sdpa"):
-        previous = set_attention_kernel(kernel)
-        try:
-            attn.zero_grad()
-            out = attn(x)
-            out.pow(2).sum().backward()
-            results.append((out.detach(), attn.rel_bias.grad.clone()))
+            results.append((out.detach(), grad_of.grad.clone()))
         finally:
             set_attention_kernel(previous)
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-4)
     assert results[0][1].abs().max() > 0
+
+
+@pytest.mark.parametrize("frames", [5, 27, 40])
+def test_rotary_frame_embedding_same_with_both_attention_kernels(frames):
+    torch.manual_seed(0)
+    attn = AxisAttention(16, 2, "temporal", rotary=True)
+    _attention_on_both_kernels(attn, torch.randn(2, frames, 3, 16), attn.qkv.weight)
+
+
+@pytest.mark.parametrize("frames", [5, 9, 40])
+def test_relative_frame_bias_same_with_both_attention_kernels(frames):
+    """SDPA (float mask) and the explicit kernel give the same output and bias gradient."""
+    torch.manual_seed(0)
+    attn = AxisAttention(16, 2, "temporal", relative_frames=9)
+    with torch.no_grad():
+        attn.rel_bias.normal_()
+    _attention_on_both_kernels(attn, torch.randn(2, frames, 3, 16), attn.rel_bias)
 
 
 def test_frame_table_starts_at_zero_and_learns():

@@ -39,6 +39,48 @@ def test_ema_schedule_and_update():
     assert not teacher.module.weight.requires_grad and not teacher.training
 
 
+def test_ema_update_covers_every_tensor_and_keeps_the_teacher_dtype():
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    teacher = EMATeacher(student)
+    teacher.module.double()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+    before = {n: p.clone() for n, p in teacher.module.named_parameters()}
+    teacher.update(student, 0.75)
+    for name, p in student.named_parameters():
+        t = dict(teacher.module.named_parameters())[name]
+        assert t.dtype == torch.float64
+        torch.testing.assert_close(t, 0.75 * before[name] + 0.25 * p.detach().double())
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_optimizer_uses_the_fused_kernel_and_matches_the_plain_update(name):
+    """build_optimizer takes PyTorch's fused Adam(W) where it exists (CPU since torch 2.4): the same
+    update as the plain per-tensor implementation, to fp32 rounding, over several steps."""
+    cfg = OptimConfig(name=name, lr=1e-2, weight_decay=0.05)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.GELU(), torch.nn.Linear(16, 3)))
+    fast = build_optimizer(models[0].parameters(), cfg)
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    plain = cls(models[1].parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
+    assert isinstance(fast, cls) and fast.defaults["fused"] is True
+    start = models[0][0].weight.detach().clone()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x = torch.randn(8, 5, generator=gen)
+        for model, opt in zip(models, (fast, plain)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert (models[0][0].weight - start).abs().max() > 1e-3  # the steps did move the weights
+
+
 def _toy(tmp_path, stop_at=None, resume=True):
     torch.manual_seed(0)
     acc = Accelerator(cpu=True, gradient_accumulation_steps=2)

@@ -28,8 +28,12 @@ class EMATeacher(nn.Module):
     @torch.no_grad()
     def update(self, student: nn.Module, decay: float) -> None:
         student_params = dict(student.named_parameters())
+        teacher, source = [], []
         for name, t_param in self.module.named_parameters():
-            t_param.lerp_(student_params[name].detach().to(t_param.dtype), 1.0 - decay)
+            teacher.append(t_param)
+            source.append(student_params[name].detach().to(t_param.dtype))
+        if teacher:  # one fused call over every tensor (a per-tensor loop costs ~1 small op each)
+            torch._foreach_lerp_(teacher, source, 1.0 - decay)
         student_buffers = dict(student.named_buffers())
         for name, t_buf in self.module.named_buffers():
             t_buf.copy_(student_buffers[name])
