@@ -286,7 +286,8 @@ def test_rotary_frame_embedding_sees_order_without_parameters():
     plain = DualPoseBackbone(build_spec("XS", {**TINY, "T": 9, "temporal_pos_emb": "none"}))
     assert backbone.state_dict().keys() == plain.state_dict().keys()
     assert backbone.temporal_pos_embed is None
-    assert all(b.attn_temporal.mixer.rotary and not b.attn_spatial.mixer.rotary for b in backbone.blocks)
+    assert all(b.attn_temporal.mixer.rotary_base == 9 and not b.attn_spatial.mixer.rotary_base
+               for b in backbone.blocks)  # the design T is the base
     x, perm = poses(2, 9), torch.randperm(9)
     with torch.no_grad():
         assert float((backbone(x[:, perm]) - backbone(x)[:, perm]).abs().max()) < 1e-3
@@ -303,8 +304,10 @@ def test_rotary_logits_depend_on_the_frame_offset_only():
 
     gen = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 3, 12, 8, generator=gen), torch.randn(2, 3, 12, 8, generator=gen)
-    cos, sin = rotary_angles(40, 8)
+    cos, sin = rotary_angles(40, 8, base=27.0)
     assert cos.shape == sin.shape == (40, 4)
+    # frequencies base**(-2i/d): 1, 27**-0.25, 27**-0.5, 27**-0.75 radians per frame
+    torch.testing.assert_close(torch.atan2(sin[1], cos[1]), 27.0 ** (-torch.arange(0, 8, 2) / 8))
 
     def logits(start):
         c, s = cos[start:start + 12], sin[start:start + 12]
@@ -321,9 +324,9 @@ def test_rotary_frame_embedding_rejects_odd_head_sizes_and_other_axes():
     with pytest.raises(ConfigError, match="'rotary' needs an even head size, got dim 24 / heads 8 = 3"):
         build_spec("XS", {"dim": 24, "heads": 8, "temporal_pos_emb": "rotary"})
     with pytest.raises(ValueError, match="only defined over frames"):
-        AxisAttention(8, 2, "spatial", rotary=True)
+        AxisAttention(8, 2, "spatial", rotary_frames=9)
     with pytest.raises(ValueError, match="choose one frame signal"):
-        AxisAttention(8, 2, "temporal", relative_frames=4, rotary=True)
+        AxisAttention(8, 2, "temporal", relative_frames=4, rotary_frames=4)
 
 
 def _attention_on_both_kernels(attn: AxisAttention, x: torch.Tensor, grad_of: torch.Tensor) -> None:
@@ -348,7 +351,7 @@ def _attention_on_both_kernels(attn: AxisAttention, x: torch.Tensor, grad_of: to
 @pytest.mark.parametrize("frames", [5, 27, 40])
 def test_rotary_frame_embedding_same_with_both_attention_kernels(frames):
     torch.manual_seed(0)
-    attn = AxisAttention(16, 2, "temporal", rotary=True)
+    attn = AxisAttention(16, 2, "temporal", rotary_frames=27)
     _attention_on_both_kernels(attn, torch.randn(2, frames, 3, 16), attn.qkv.weight)
 
 

@@ -20,7 +20,8 @@ at zero, so an untrained model is still order-blind and learns order where it pa
 
 Or it can carry a rotary frame embedding (``temporal_pos_emb: rotary``, RoFormer): q and k of
 frame t are rotated by angles ``t * base**(-2i/d)``, so their product depends on the frame offset
-only. No parameter, any clip length, and no logit bias: SDPA keeps its fast kernels (a bias sends
+only. The base is the design clip length T (not RoFormer's 10,000, made for thousands of tokens):
+wavelengths then run from ~6 frames to ~2 pi T at any head size d. No parameter, any clip length, and no logit bias: SDPA keeps its fast kernels (a bias sends
 it to the slow math path on the CPU, which cost B 30 % of its training speed).
 """
 
@@ -86,11 +87,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str,
     return torch.bmm(scores.softmax(dim=-1), v3).view(*batch, length, d)
 
 
-ROTARY_BASE = 10000.0  # RoFormer's; wavelengths from ~6 frames (d = 8) to beyond any clip
-
-
-def rotary_angles(length: int, head_dim: int, device: torch.device | None = None,
-                  base: float = ROTARY_BASE) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_angles(length: int, head_dim: int, base: float,
+                  device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin), each (L, d/2) in fp32, of the angles ``t * base**(-2i/d)`` for frame t."""
     if head_dim % 2:
         raise ValueError(f"rotary frame embedding needs an even head size (dim / heads), got {head_dim}")
@@ -121,23 +119,24 @@ class AxisAttention(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, axis: Axis, relative_frames: int = 0,
-                 rotary: bool = False) -> None:
+                 rotary_frames: int = 0) -> None:
         """``relative_frames`` > 0 (temporal only): a learned relative position bias for offsets
         up to ``relative_frames - 1`` frames (the design clip length), zero at initialisation.
-        ``rotary`` (temporal only): rotate q and k by their frame index (no parameter)."""
+        ``rotary_frames`` > 0 (temporal only): rotate q and k by their frame index, with the
+        design clip length as the base of the angle frequencies (no parameter)."""
         super().__init__()
         if axis not in ("spatial", "temporal"):
             raise ValueError(f"axis must be 'spatial' or 'temporal', got {axis!r}")
-        if (relative_frames or rotary) and axis != "temporal":
+        if (relative_frames or rotary_frames) and axis != "temporal":
             raise ValueError("a relative position bias or rotary embedding is only defined over frames "
                              "(axis 'temporal')")
-        if relative_frames and rotary:
+        if relative_frames and rotary_frames:
             raise ValueError("choose one frame signal: a relative position bias or a rotary embedding")
-        if rotary and (dim // heads) % 2:
+        if rotary_frames and (dim // heads) % 2:
             raise ValueError(f"rotary frame embedding needs an even head size, got dim {dim} / heads {heads}")
         self.heads = heads
         self.axis = axis
-        self.rotary = rotary
+        self.rotary_base = float(rotary_frames)  # 0: no rotary embedding
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
         self.max_offset = max(relative_frames - 1, 0)
@@ -161,8 +160,8 @@ class AxisAttention(nn.Module):
             outer, length = t, j
             qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, T, H, J, d)
         q, k, v = qkv.reshape(3, b * outer, h, length, d).unbind(0)
-        if self.rotary:
-            cos, sin = rotary_angles(length, d, x.device)
+        if self.rotary_base:
+            cos, sin = rotary_angles(length, d, self.rotary_base, x.device)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         bias = self.position_bias(length, x.device) if self.axis == "temporal" else None
         out = attend(q, k, v, choose_kernel(x.device, length), bias).view(b, outer, h, length, d)

@@ -70,7 +70,7 @@ class DualPoseBackbone(nn.Module):
         self.blocks = nn.ModuleList(
             DualStreamBlock(c, spec.heads, spec.hidden_dim, adjacency, spec.k_neighbors,
                             spec.layer_scale_init, rate, relative_frames,
-                            rotary=spec.temporal_pos_emb == "rotary")
+                            rotary_frames=spec.T if spec.temporal_pos_emb == "rotary" else 0)
             for rate in rates
         )
         self.norm = nn.LayerNorm(c)

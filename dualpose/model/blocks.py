@@ -64,14 +64,14 @@ class DualStreamBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, hidden: int, adjacency: torch.Tensor, k_neighbors: int,
                  layer_scale_init: float, drop_path: float = 0.0, relative_frames: int = 0,
-                 rotary: bool = False) -> None:
+                 rotary_frames: int = 0) -> None:
         super().__init__()
 
         def wrap(mixer: nn.Module) -> MetaFormerBlock:
             return MetaFormerBlock(dim, mixer, hidden, layer_scale_init, drop_path)
 
         self.attn_spatial = wrap(AxisAttention(dim, heads, "spatial"))
-        self.attn_temporal = wrap(AxisAttention(dim, heads, "temporal", relative_frames, rotary))
+        self.attn_temporal = wrap(AxisAttention(dim, heads, "temporal", relative_frames, rotary_frames))
         self.graph_spatial = wrap(SpatialGCN(dim, adjacency))
         self.graph_temporal = wrap(TemporalKNNGCN(dim, k_neighbors))
         self.fusion = nn.Linear(2 * dim, 2)
