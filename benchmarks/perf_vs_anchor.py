@@ -224,11 +224,38 @@ def _fmt_ratio(a: float | None, b: float | None) -> str:
     return "-" if not a or not b else f"{a / b:.2f}"
 
 
+def merge_rounds(results: list[dict]) -> dict[tuple[str, str, str], dict]:
+    """One record per (variant, figure, side): a figure measured in several rounds (the same
+    ``--figures`` entry given more than once) gets the median of its rounds' frames/s, peak RSS and
+    load, and ``rounds``: every round's frames/s in run order."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["variant"], _key(r), r["side"]), []).append(r)
+    merged = {}
+    for key, records in groups.items():
+        record = dict(records[-1])
+        if len(records) > 1:
+            for field in ("frames_per_s", "peak_rss_mib", "load_before"):
+                values = [x[field] for x in records if x.get(field) is not None]
+                record[field] = statistics.median(values) if values else None
+        record["rounds"] = [x["frames_per_s"] for x in records]
+        merged[key] = record
+    return merged
+
+
+def _cell(record: dict, field: str) -> str:
+    text = f"{record[field]:,.0f}"
+    rounds = record["rounds"]
+    if field == "frames_per_s" and len(rounds) > 1:
+        text += f" ({min(rounds):,.0f}-{max(rounds):,.0f}, {len(rounds)} rounds)"
+    return text
+
+
 def render(results: list[dict], command: str, started: str, finished: str, uptime_start: str,
            uptime_end: str, wall_s: float, wait_policy: str | None = None) -> str:
     import torch
 
-    by = {(r["variant"], _key(r), r["side"]): r for r in results}
+    by = merge_rounds(results)
     commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
                             text=True).stdout.strip()
     lines = [
@@ -252,7 +279,9 @@ def render(results: list[dict], command: str, started: str, finished: str, uptim
         "weight freezing) (compile time not counted). Sides were run interleaved "
         "per figure. `anchor ratio x after/before` = the anchors' DualPose/MotionAGFormer ratio times "
         "this run's after/before: the estimate of after/MotionAGFormer that does not depend on this "
-        "machine's absolute speed.",
+        "machine's absolute speed." + (" A figure measured in several rounds shows the median of its "
+                                       "rounds, then their range." if any(len(r["rounds"]) > 1 for r in by.values())
+                                       else ""),
         "",
     ]
     sides = [side for side in SIDES if any(r["side"] == side for r in results)]
@@ -277,7 +306,7 @@ def render(results: list[dict], command: str, started: str, finished: str, uptim
             # machine-independent estimate: the anchors' DualPose/peer ratio times our after/before
             est = (ours / peer) * (a / b) if (peer and ours and a and b) else None
             load = f"{rb['load_before']:.1f}/{ra['load_before']:.1f}" if rb and ra else "-"
-            cells = " | ".join("-" if side not in values else f"{values[side]:,.0f}" for side in sides)
+            cells = " | ".join("-" if side not in values else _cell(by[(v, src, side)], field) for side in sides)
             lines.append(
                 f"| {v} ({DESIGN_T[v]}) | {label} | {cells} | {_fmt_ratio(a, b)} | {load} | "
                 f"{'-' if peer is None else f'{peer:,}'} | {_fmt_ratio(a, peer)} | "

@@ -55,6 +55,25 @@ def test_ema_update_covers_every_tensor_and_keeps_the_teacher_dtype():
         torch.testing.assert_close(t, 0.75 * before[name] + 0.25 * p.detach().double())
 
 
+def test_ema_update_follows_the_student_step_after_step_and_names_a_mismatch():
+    """The pairing is built once and reused: later student changes still reach the teacher (one
+    foreach call over every tensor), and a student without the teacher's parameters is refused."""
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    teacher = EMATeacher(student)
+    for step in range(3):
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(1.0)
+        before = [p.clone() for p in teacher.module.parameters()]
+        teacher.update(student, 0.5)
+        for t, b, s in zip(teacher.module.parameters(), before, student.parameters()):
+            torch.testing.assert_close(t, 0.5 * b + 0.5 * s.detach())
+    assert "teacher" not in dict(student.named_modules()) and len(list(teacher.parameters())) == 4
+    with pytest.raises(ValueError, match=r"the student has no parameters \['0.weight'"):
+        teacher.update(torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(3, 4)), 0.5)
+
+
 @pytest.mark.parametrize("name", ["adamw", "adam"])
 def test_optimizer_uses_the_fused_kernel_and_matches_the_plain_update(name):
     """build_optimizer takes PyTorch's fused Adam(W) where it exists (CPU since torch 2.4): the same

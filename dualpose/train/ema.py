@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 from torch import nn
@@ -27,16 +28,30 @@ class EMATeacher(nn.Module):
 
     @torch.no_grad()
     def update(self, student: nn.Module, decay: float) -> None:
-        student_params = dict(student.named_parameters())
-        teacher, source = [], []
-        for name, t_param in self.module.named_parameters():
-            teacher.append(t_param)
-            source.append(student_params[name].detach().to(t_param.dtype))
-        if teacher:  # one fused call over every tensor (a per-tensor loop costs ~1 small op each)
-            torch._foreach_lerp_(teacher, source, 1.0 - decay)
+        teacher_params, student_params = self._pairs(student)
+        if all(t.dtype == s.dtype for t, s in zip(teacher_params, student_params)):
+            # one call for every tensor: 1.2-1.7x faster than a lerp_ per tensor on the CPU
+            # (benchmarks/RESULTS-optimizer-step.json)
+            torch._foreach_lerp_(teacher_params, [p.detach() for p in student_params], 1.0 - decay)
+        else:
+            for t_param, s_param in zip(teacher_params, student_params):
+                t_param.lerp_(s_param.detach().to(t_param.dtype), 1.0 - decay)
         student_buffers = dict(student.named_buffers())
         for name, t_buf in self.module.named_buffers():
             t_buf.copy_(student_buffers[name])
+
+    def _pairs(self, student: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Teacher and student parameters matched by name, built once per student module."""
+        cached = self.__dict__.get("_paired")
+        if cached is None or cached[0]() is not student:
+            by_name = dict(student.named_parameters())
+            names = [name for name, _ in self.module.named_parameters()]
+            missing = [name for name in names if name not in by_name]
+            if missing:
+                raise ValueError(f"EMA update: the student has no parameters {missing[:5]} of the teacher")
+            pairs = ([p for _, p in self.module.named_parameters()], [by_name[name] for name in names])
+            self.__dict__["_paired"] = cached = (weakref.ref(student), *pairs)
+        return cached[1], cached[2]
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
