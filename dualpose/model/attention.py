@@ -21,8 +21,9 @@ at zero, so an untrained model is still order-blind and learns order where it pa
 Or it can carry a rotary frame embedding (``temporal_pos_emb: rotary``, RoFormer): q and k of
 frame t are rotated by angles ``t * base**(-2i/d)``, so their product depends on the frame offset
 only. The base is the design clip length T (not RoFormer's 10,000, made for thousands of tokens):
-wavelengths then run from ~6 frames to ~2 pi T at any head size d. No parameter, any clip length, and no logit bias: SDPA keeps its fast kernels (a bias sends
-it to the slow math path on the CPU, which cost B 30 % of its training speed).
+wavelengths then run from ~6 frames to ~2 pi T at any head size d. No parameter, any clip length,
+and no logit bias: SDPA keeps its fast kernels (a bias sends it to the slow math path on the CPU,
+which cost B 30 % of its training speed).
 """
 
 from __future__ import annotations
@@ -89,9 +90,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str,
 
 def rotary_angles(length: int, head_dim: int, base: float,
                   device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin), each (L, d/2) in fp32, of the angles ``t * base**(-2i/d)`` for frame t."""
-    if head_dim % 2:
-        raise ValueError(f"rotary frame embedding needs an even head size (dim / heads), got {head_dim}")
+    """(cos, sin), each (L, d/2) in fp32, of the angles ``t * base**(-2i/d)`` for frame t (even d)."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
     angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq
     return angles.cos(), angles.sin()

@@ -67,10 +67,10 @@ class DualPoseBackbone(nn.Module):
         adjacency = normalized_adjacency(skel.adjacency(), self_loops=spec.graph_self_loops)
         rates = [spec.drop_path * i / max(spec.depth - 1, 1) for i in range(spec.depth)]
         relative_frames = spec.T if spec.temporal_pos_emb == "relative" else 0
+        rotary_frames = spec.T if spec.temporal_pos_emb == "rotary" else 0
         self.blocks = nn.ModuleList(
             DualStreamBlock(c, spec.heads, spec.hidden_dim, adjacency, spec.k_neighbors,
-                            spec.layer_scale_init, rate, relative_frames,
-                            rotary_frames=spec.T if spec.temporal_pos_emb == "rotary" else 0)
+                            spec.layer_scale_init, rate, relative_frames, rotary_frames)
             for rate in rates
         )
         self.norm = nn.LayerNorm(c)

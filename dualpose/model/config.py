@@ -43,8 +43,9 @@ class ModelSpec:
     # attention logits, zero at init; XS's default), "learned" (a (T, C) table starting at zero, linearly
     # resampled for other lengths; the default of S, B and L, see VARIANTS), "sinusoidal" (fixed, same
     # scale as the learned table at init), "rotary" (q and k of the temporal attention rotated by
-    # the frame index, RoFormer: relative, parameter-free, keeps SDPA's fast kernels) or "none" (the reference: the backbone is then exactly
-    # permutation-equivariant over frames and sees a clip as a set). Why: docs/method-choices.md,
+    # the frame index, RoFormer: relative, parameter-free, keeps SDPA's fast kernels) or "none" (the
+    # reference: the backbone is then exactly permutation-equivariant over frames and sees a clip
+    # as a set). Why: docs/method-choices.md,
     # "Frame order" (CMU A/B, 3 seeds; speed at B).
     temporal_pos_emb: str = "relative"
 
@@ -92,9 +93,9 @@ class ModelSpec:
 # the relative bias where the temporal attention runs the explicit kernel on the CPU (T <= 32: the
 # bias rides free in its logits, and it won the CMU A/B at T = 27), the learned frame table for the
 # long clips, where a logit bias pushes SDPA off its fast CPU kernel onto the math path (B training
-# 44 vs 64 frames/s, inference 144 vs 180; benchmarks/RESULTS-perf.md, "Frame signal at B"). The rotary
-# embedding keeps SDPA fast and is the smoothest, but is 2-3 mm behind the table in P1/P2 at T = 81
-# (benchmarks/RESULTS-frame-order.md, "Rotary"): an option, not a default.
+# 44 vs 64 frames/s, inference 144 vs 180; benchmarks/RESULTS-perf.md, "Frame signal at B").
+# The rotary embedding keeps SDPA fast and is the smoothest, but is 2-3 mm behind the table in
+# P1/P2 at T = 81 (benchmarks/RESULTS-frame-order.md, "Rotary"): an option, not a default.
 VARIANTS: dict[str, dict[str, Any]] = {
     "XS": {"depth": 12, "dim": 64, "T": 27, "temporal_pos_emb": "relative"},
     "S": {"depth": 26, "dim": 64, "T": 81, "temporal_pos_emb": "learned"},
