@@ -34,7 +34,10 @@ from other jobs on a shared machine falls on both alike:
   relative bias instead of the variant's default frame signal (SDPA cannot run a logit bias on its
   fast CPU kernel: it sends it to the math path);
 - ``after-plainadam`` (training, only with ``--figures``): PyTorch's plain AdamW instead of the
-  fused one the training loop builds.
+  fused one the training loop builds;
+- ``after-plainacts`` (training, only with ``--figures``): the plain modules, which keep every
+  activation autograd saves, instead of the fused training sub-layers of ``dualpose.model.lean``
+  (``set_lean_activations(False)``; "auto" checkpointing then budgets with the plain size).
 
 ``--figures`` replaces the plan, e.g. ``--figures B:train:before,after,after-selective,after-nockpt``
 (variant:mode[batch]:sides; mode ``train``, ``infer1`` or ``infer8``).
@@ -122,6 +125,9 @@ def measure(side: str, variant: str, mode: str, batch: int, warmup: int, repeats
         for module in model.modules():
             if isinstance(module, TemporalKNNGCN):
                 module.fast_gather = False
+    if side == "after-plainacts":  # the fused sub-layers that keep fewer activations off
+        from dualpose.model.lean import set_lean_activations
+        set_lean_activations(False)
     if side == "after-sdpa":  # SDPA for every sequence length (the CPU explicit path off)
         from dualpose.model.attention import set_attention_kernel
         set_attention_kernel("sdpa")
@@ -193,7 +199,7 @@ def figures_plan(variants: list[str]) -> list[tuple[str, str, int, list[str]]]:
 
 SIDES = ("before", "after", "after-malloc-tuned", "after-nockpt", "after-fullckpt", "after-fullckpt-malloc-tuned",
          "after-selective", "after-sdpa", "after-plaingather", "after-compiled", "after-frozen", "after-frametable",
-         "after-noframe", "after-rotary", "after-relative", "after-plainadam")
+         "after-noframe", "after-rotary", "after-relative", "after-plainadam", "after-plainacts")
 SIDE_LABELS = {"before": "before", "after": "after", "after-malloc-tuned": "after, malloc tuned",
                "after-fullckpt": "after, full ckpt", "after-fullckpt-malloc-tuned": "after, full ckpt + malloc tuned",
                "after-nockpt": "after, no ckpt",
@@ -201,7 +207,8 @@ SIDE_LABELS = {"before": "before", "after": "after", "after-malloc-tuned": "afte
                "after-plaingather": "after, plain kNN gather", "after-compiled": "after, compiled",
                "after-frozen": "after, compiled + frozen", "after-frametable": "after, learned frame table",
                "after-noframe": "after, no frame signal", "after-rotary": "after, rotary frame embedding",
-               "after-relative": "after, relative frame bias", "after-plainadam": "after, plain AdamW"}
+               "after-relative": "after, relative frame bias", "after-plainadam": "after, plain AdamW",
+               "after-plainacts": "after, plain activations"}
 
 
 def parse_figures(specs: list[str]) -> list[tuple[str, str, int, list[str]]]:

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from dualpose.model import DualPoseLifter, build_spec
 from dualpose.model import attention as attention_mod
 from dualpose.model.attention import AxisAttention, attend, choose_kernel, set_attention_kernel
-from dualpose.model.blocks import (DualStreamBlock, block_activation_bytes, gpu_memory_would_overflow,
-                                   set_activation_checkpointing, should_checkpoint)
+from dualpose.model.blocks import (DualStreamBlock, block_activation_bytes, plan_blocks, plan_pass,
+                                   set_activation_checkpointing)
 from dualpose.model.gcn import TemporalKNNGCN
+from dualpose.model.lean import set_lean_activations
 
 
 @pytest.fixture(autouse=True)
@@ -188,20 +189,49 @@ def test_checkpointing_switch_and_auto_rule():
 
 
 
-def test_cpu_auto_checkpointing_keeps_blocks_while_the_budget_allows(monkeypatch):
+def test_auto_plan_keeps_plain_then_lean_then_recomputes():
+    # all fit with the plain modules: all plain
+    assert plan_blocks(4, 10, 5, 40) == [False] * 4
+    # not with the plain ones, with the fused ones: as many plain as the rest leaves room for
+    assert plan_blocks(4, 10, 5, 30) == [False, False, "lean", "lean"]
+    assert plan_blocks(4, 10, 5, 20) == ["lean"] * 4
+    # not even with the fused ones: the blocks past the budget are recomputed
+    assert plan_blocks(4, 10, 5, 12) == ["lean", "lean", "full", "full"]
+    assert plan_blocks(4, 10, 5, 0) == ["full"] * 4
+    assert plan_blocks(4, 10, 5, -7) == ["full"] * 4
+    # fused sub-layers switched off: plain or recomputed (the earlier rule)
+    assert plan_blocks(4, 10, 5, 25, lean=False) == [False, False, "full", "full"]
+
+
+def test_cpu_auto_plan_for_b_on_a_24_gib_host(monkeypatch):
     from dualpose.model import blocks as blocks_mod
 
     gib = 2**30
     monkeypatch.setattr(blocks_mod, "host_memory_bytes", lambda: 24 * gib)  # budget 3 GiB (1/8)
-    b_block = block_activation_bytes(2, 243, 17, 128)  # B at T=243, batch 2: ~360 MB estimated
-    assert 0.3 * gib < b_block < 0.4 * gib
-    assert not should_checkpoint(2, 243, 17, 128)  # the first B block keeps its activations
-    assert not should_checkpoint(2, 243, 17, 128, kept_bytes=7 * b_block)  # the 8th still fits
-    assert should_checkpoint(2, 243, 17, 128, kept_bytes=8 * b_block)  # the 9th does not
-    assert should_checkpoint(2, 243, 17, 128, device=torch.device("cpu"), kept_bytes=3 * gib)
-    assert not should_checkpoint(4, 27, 17, 64, kept_bytes=11 * block_activation_bytes(4, 27, 17, 64))  # XS
+    lean = block_activation_bytes(2, 243, 17, 128)  # B at T=243, batch 2, fused sub-layers (default)
+    assert lean == block_activation_bytes(2, 243, 17, 128, lean=True)
+    assert 0.17 * gib < lean < 0.19 * gib  # ~190 MB
+    plain = block_activation_bytes(2, 243, 17, 128, lean=False)
+    assert 0.3 * gib < plain < 0.4 * gib  # ~360 MB
+    x = torch.empty(2, 243, 17, 128)
+    assert plan_pass(["auto"] * 16, x) == [False] + ["lean"] * 15  # nothing recomputed
+    assert plan_pass(["auto"] * 4, x) == [False] * 4
+    assert plan_pass(["auto"] * 26, x) == ["lean"] * 16 + ["full"] * 10  # L's depth
+    # what the blocks before keep, and fixed modes, come off the budget
+    assert plan_pass(["auto"], x, kept_bytes=3 * gib) == ["full"]
+    assert plan_pass([False] * 8 + ["auto"] * 8, x) == [False] * 8 + ["lean"] + ["full"] * 7
+    assert plan_pass([True, "selective", "lean", False], x) == ["full", "selective", "lean", False]
+    set_lean_activations(False)
+    try:  # the plain modules only: 8 of 16 blocks of B fit (the earlier rule)
+        assert plan_pass(["auto"] * 16, x) == [False] * 8 + ["full"] * 8
+        assert block_activation_bytes(2, 243, 17, 128) == plain
+        assert plan_pass(["lean"], x) == [False]
+    finally:
+        set_lean_activations(True)
     monkeypatch.setattr(blocks_mod, "host_memory_bytes", lambda: 8 * gib)  # a smaller machine: 1 GiB
-    assert should_checkpoint(2, 243, 17, 128, kept_bytes=3 * b_block)
+    assert plan_pass(["auto"] * 16, x) == ["lean"] * 5 + ["full"] * 11
+    # XS at batch 4 fits anywhere with the plain modules
+    assert plan_pass(["auto"] * 12, torch.empty(4, 27, 17, 64)) == [False] * 12
 
 
 def test_host_memory_is_positive_and_at_most_physical():
@@ -220,7 +250,7 @@ def test_backbone_plans_checkpointing_for_the_whole_pass(monkeypatch):
 
     model = DualPoseLifter(build_spec("XS", {"depth": 4, "dim": 16, "heads": 2})).train()
     x = torch.randn(2, 9, 17, 3)
-    per_block = block_activation_bytes(2, 9, 17, 16)
+    per_block = block_activation_bytes(2, 9, 17, 16)  # with the fused sub-layers
     monkeypatch.setattr(blocks_mod, "cpu_checkpoint_budget", lambda: int(2.5 * per_block))
     calls = [0] * 4
     for i, block in enumerate(model.backbone.blocks):
@@ -233,14 +263,19 @@ def test_backbone_plans_checkpointing_for_the_whole_pass(monkeypatch):
     assert calls == [1, 1, 1, 1]
 
 
-def test_gpu_auto_checkpointing_keeps_activations_while_memory_allows():
+def test_gpu_budget_is_a_share_of_the_card_less_what_is_in_use(monkeypatch):
+    from dualpose.model import blocks as blocks_mod
+
     gib = 2**30
-    # 80 GiB card, 70 % share: 50 GiB in use + a 5 GiB block fits, + a 7 GiB block does not
-    assert not gpu_memory_would_overflow(50 * gib, 5 * gib, 80 * gib)
-    assert gpu_memory_would_overflow(50 * gib, 7 * gib, 80 * gib)
-    assert gpu_memory_would_overflow(0, 57 * gib, 80 * gib)
-    assert not gpu_memory_would_overflow(0, 55 * gib, 80 * gib, share=0.7)
-    assert gpu_memory_would_overflow(0, 55 * gib, 80 * gib, share=0.5)
+
+    class Props:
+        total_memory = 80 * gib
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 20 * gib)
+    assert blocks_mod.activation_budget(torch.device("cuda", 0)) == int(0.7 * 80 * gib) - 20 * gib
+    monkeypatch.setattr(blocks_mod, "host_memory_bytes", lambda: 16 * gib)
+    assert blocks_mod.activation_budget(torch.device("cpu")) == 2 * gib
 
 
 def test_runtime_switches_leave_the_state_dict_unchanged():

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualpose.model.lean import norm_linear, scaled_linear
+
 Axis = Literal["spatial", "temporal"]
 KERNELS = ("auto", "sdpa", "explicit")
 EXPLICIT_MAX_LENGTH = 32  # CPU: explicit matmul-softmax up to this many tokens per sequence
@@ -148,10 +150,22 @@ class AxisAttention(nn.Module):
         return self.rel_bias[:, relative_offsets(length, self.max_offset, device)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, j, c = x.shape
+        return self.proj(self.attend_heads(self.qkv(x)))
+
+    def lean_forward(self, x: torch.Tensor, norm: nn.LayerNorm, scale: torch.Tensor) -> torch.Tensor:
+        """``scale * self(norm(x))`` for a training pass, keeping neither ``norm(x)`` nor the
+        output for the backward pass (:mod:`dualpose.model.lean`)."""
+        _, qkv = norm_linear(x, norm, self.qkv.weight)
+        return scaled_linear(self.attend_heads(qkv), self.proj, scale)
+
+    def attend_heads(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Attention along the axis from the fused (B, T, J, 3C) projection; heads merged back to
+        (B, T, J, C), before ``proj``."""
+        b, t, j, c3 = qkv.shape
+        c = c3 // 3
         h = self.heads
         d = c // h
-        qkv = self.qkv(x).view(b, t, j, 3, h, d)
+        qkv = qkv.view(b, t, j, 3, h, d)
         if self.axis == "temporal":  # sequences (B, J) over frames
             outer, length = j, t
             qkv = qkv.permute(3, 0, 2, 4, 1, 5)  # (3, B, J, H, T, d)
@@ -160,12 +174,12 @@ class AxisAttention(nn.Module):
             qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, T, H, J, d)
         q, k, v = qkv.reshape(3, b * outer, h, length, d).unbind(0)
         if self.rotary_base:
-            cos, sin = rotary_angles(length, d, self.rotary_base, x.device)
+            cos, sin = rotary_angles(length, d, self.rotary_base, qkv.device)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        bias = self.position_bias(length, x.device) if self.axis == "temporal" else None
-        out = attend(q, k, v, choose_kernel(x.device, length), bias).view(b, outer, h, length, d)
+        bias = self.position_bias(length, qkv.device) if self.axis == "temporal" else None
+        out = attend(q, k, v, choose_kernel(qkv.device, length), bias).view(b, outer, h, length, d)
         if self.axis == "temporal":
             out = out.permute(0, 3, 1, 2, 4)  # (B, T, J, H, d)
         else:
             out = out.permute(0, 1, 3, 2, 4)  # (B, T, J, H, d)
-        return self.proj(out.reshape(b, t, j, c))
+        return out.reshape(b, t, j, c)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dualpose.model.blocks import DualStreamBlock, block_activation_bytes
+from dualpose.model.blocks import DualStreamBlock, plan_pass
 from dualpose.model.config import ModelSpec
 from dualpose.model.gcn import normalized_adjacency
 from dualpose.skeleton import Skeleton, get_skeleton
@@ -145,16 +145,19 @@ class DualPoseBackbone(nn.Module):
         """
         x = tokens if mask is None else self.insert_mask_token(tokens, mask)
         outputs: list[torch.Tensor] = []
-        kept_bytes = 0  # activations the blocks so far keep for the backward pass (auto checkpointing)
-        for block in self.blocks:
-            mode = block.resolve_checkpoint(x, kept_bytes)
-            if mode is False and self.training and x.requires_grad:
-                kept_bytes += block_activation_bytes(*x.shape, bytes_per_value=x.element_size())
+        for block, mode in zip(self.blocks, self.activation_plan(x)):
             x = block(x, mode)
             if return_blocks:
                 outputs.append(x)
         features = self.norm(x)
         return (features, outputs) if return_blocks else features
+
+    def activation_plan(self, x: torch.Tensor) -> list[bool | str]:
+        """Per block, what a pass on tokens ``x`` keeps for the backward pass (``False``,
+        ``"lean"``, ``"full"`` or ``"selective"``; :func:`dualpose.model.blocks.plan_pass`)."""
+        if not (self.training and torch.is_grad_enabled() and x.requires_grad):
+            return [False] * len(self.blocks)
+        return plan_pass([block.checkpoint for block in self.blocks], x)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_features(self.embed(x), mask=mask)  # type: ignore[return-value]

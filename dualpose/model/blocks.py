@@ -12,11 +12,13 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from dualpose.model.attention import AxisAttention
 from dualpose.model.gcn import SpatialGCN, TemporalKNNGCN
+from dualpose.model.lean import lean_activations_enabled, norm_mlp, use_lean
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -52,7 +54,13 @@ class MetaFormerBlock(nn.Module):
         self.ls2 = nn.Parameter(torch.full((dim,), layer_scale_init))
         self.drop_path = drop_path
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lean: bool = False) -> torch.Tensor:
+        """``lean``: take the fused training sub-layers (:mod:`dualpose.model.lean`) where they
+        apply (a training pass that records gradients): same numbers, fewer activations kept."""
+        if lean and use_lean(self, x):
+            x = x + drop_path(self.mixer.lean_forward(x, self.norm1, self.ls1), self.drop_path, self.training)
+            mlp = norm_mlp(x, self.norm2, self.mlp.fc1, self.mlp.fc2, self.ls2)
+            return x + drop_path(mlp, self.drop_path, self.training)
         x = x + drop_path(self.ls1 * self.mixer(self.norm1(x)), self.drop_path, self.training)
         return x + drop_path(self.ls2 * self.mlp(self.norm2(x)), self.drop_path, self.training)
 
@@ -82,43 +90,52 @@ class DualStreamBlock(nn.Module):
         nn.init.constant_(self.fusion.bias, 0.5)
 
     def resolve_checkpoint(self, x: torch.Tensor, kept_bytes: int = 0) -> bool | str:
-        """What this forward pass does with the block's activations: ``False`` (keep them),
-        ``"full"`` or ``"selective"``. ``"auto"`` decides by :func:`should_checkpoint`, given the
-        bytes of activations the blocks before it in the same pass already keep."""
-        mode = self.checkpoint
+        """What this forward pass does with the block's activations: ``False`` (keep them, plain
+        modules), ``"lean"`` (keep them, fused sub-layers), ``"full"`` or ``"selective"``.
+        ``"auto"`` decides by :func:`plan_pass` for this block alone, given the bytes of
+        activations the blocks before it in the same pass already keep."""
         if not (self.training and torch.is_grad_enabled() and x.requires_grad):
             return False
-        if mode == "auto":
-            # under autocast most stored tensors are bf16/fp16: ~3 bytes a value on average
-            bytes_per_value = 3 if x.is_cuda and torch.is_autocast_enabled("cuda") else 4
-            return "full" if should_checkpoint(*x.shape, device=x.device, bytes_per_value=bytes_per_value,
-                                               kept_bytes=kept_bytes) else False
-        return "full" if mode is True else mode
+        return plan_pass([self.checkpoint], x, kept_bytes)[0]
 
     def forward(self, x: torch.Tensor, checkpoint_mode: bool | str | None = None) -> torch.Tensor:
         """``checkpoint_mode`` (from the backbone's plan for the whole pass) overrides
-        :meth:`resolve_checkpoint`."""
+        :meth:`resolve_checkpoint`. A recomputed block runs the fused sub-layers too (the
+        recomputation's own activations are the peak of its backward pass)."""
         mode = self.resolve_checkpoint(x) if checkpoint_mode is None else checkpoint_mode
-        if mode is False:
-            return self._forward(x)
+        lean = mode is not False and lean_activations_enabled()
+        if mode is False or mode == "lean":
+            return self._forward(x, lean)
         if mode == "selective":
-            return checkpoint(self._forward, x, use_reentrant=False, context_fn=_save_matmuls_context)
-        return checkpoint(self._forward, x, use_reentrant=False)  # "full"
+            return checkpoint(self._forward, x, lean, use_reentrant=False, context_fn=_save_matmuls_context)
+        return checkpoint(self._forward, x, lean, use_reentrant=False)  # "full"
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.attn_temporal(self.attn_spatial(x))
-        g = self.graph_temporal(self.graph_spatial(x))
-        weights = self.fusion(torch.cat((a, g), dim=-1)).softmax(dim=-1)
+    def _forward(self, x: torch.Tensor, lean: bool = False) -> torch.Tensor:
+        a = self.attn_temporal(self.attn_spatial(x, lean), lean)
+        g = self.graph_temporal(self.graph_spatial(x, lean), lean)
+        if lean and use_lean(self, x):  # the fusion's halves on a and g, which are kept anyway: no concatenation kept
+            c = a.shape[-1]
+            w = self.fusion.weight
+            logits = F.linear(a, w[:, :c]) + F.linear(g, w[:, c:], self.fusion.bias)
+        else:
+            logits = self.fusion(torch.cat((a, g), dim=-1))
+        weights = logits.softmax(dim=-1)
         return a * weights[..., 0:1] + g * weights[..., 1:2]
 
 
-# "auto" checkpoints a block (fully) when keeping its activations (about 85 C-wide tensors per
-# token, an upper estimate: ~67 measured at B) would take what the pass keeps past a budget. On
-# the CPU the budget is this share of the host's memory (the smaller of RAM and the cgroup limit):
-# blocks keep their activations while they fit, later blocks of a large pass are recomputed
-# (B at T=243, batch 2, on 24 GiB: 8 of 16 blocks kept). On a GPU: when storing them would take
-# the memory in use above this share of the device's memory (the rest is for the backward pass).
-ACTIVATIONS_PER_TOKEN_AND_CHANNEL = 85
+# "auto" plans each training pass against a memory budget for the activations its blocks keep.
+# A block keeps about 85 C-wide tensors per token with the plain modules (an upper estimate: 70.3
+# measured at B, block input included; benchmarks/saved_activations.py) and about 45 with the
+# fused training sub-layers of dualpose.model.lean (38.3 measured). Every block keeps its
+# activations with the plain modules while all of them fit (they are faster on small shapes:
+# XS training ~10 % on 2 CPU cores); if not, as many as fit keep theirs with the plain modules
+# and the rest with the fused sub-layers (no slower at B); if even those do not all fit, the
+# blocks past the budget are recomputed (full checkpointing). On the CPU the budget is a share
+# of the host's memory (the smaller of RAM and the cgroup limit): B at T=243, batch 2, on 24 GiB:
+# 1 block plain, 15 fused, none recomputed. On a GPU it is a share of the device's memory minus
+# what is in use when the pass starts (the rest is for the backward pass).
+ACTIVATIONS_PER_TOKEN_AND_CHANNEL = 85  # plain modules
+LEAN_ACTIVATIONS_PER_TOKEN_AND_CHANNEL = 45  # fused training sub-layers (the default)
 AUTO_CHECKPOINT_CPU_SHARE = 0.125
 AUTO_CHECKPOINT_GPU_SHARE = 0.7
 
@@ -161,39 +178,84 @@ def _save_matmuls_context():
     return create_selective_checkpoint_contexts(_policy)
 
 
-def block_activation_bytes(batch: int, frames: int, joints: int, dim: int, bytes_per_value: int = 4) -> int:
-    """Estimated bytes a block keeps for the backward pass on an input (batch, frames, joints, dim)."""
-    return batch * frames * joints * dim * ACTIVATIONS_PER_TOKEN_AND_CHANNEL * bytes_per_value
+def block_activation_bytes(batch: int, frames: int, joints: int, dim: int, bytes_per_value: int = 4,
+                           lean: bool | None = None) -> int:
+    """Estimated bytes a block keeps for the backward pass on an input (batch, frames, joints, dim),
+    with the fused training sub-layers (``lean``; default: whether they are switched on)."""
+    lean = lean_activations_enabled() if lean is None else lean
+    per_value = LEAN_ACTIVATIONS_PER_TOKEN_AND_CHANNEL if lean else ACTIVATIONS_PER_TOKEN_AND_CHANNEL
+    return batch * frames * joints * dim * per_value * bytes_per_value
 
 
-def should_checkpoint(batch: int, frames: int, joints: int, dim: int, device: torch.device | None = None,
-                      bytes_per_value: int = 4, kept_bytes: int = 0) -> bool:
-    """The "auto" rule for a block input of shape (batch, frames, joints, dim) on ``device``,
-    when the blocks before it in the pass keep ``kept_bytes`` (CPU; a GPU counts its memory)."""
-    block_bytes = block_activation_bytes(batch, frames, joints, dim, bytes_per_value)
+def activation_budget(device: torch.device | None = None) -> int:
+    """Bytes of block activations a training pass on ``device`` may keep before "auto" recomputes."""
     if device is None or device.type != "cuda":
-        return kept_bytes + block_bytes > cpu_checkpoint_budget()
+        return cpu_checkpoint_budget()
     total = torch.cuda.get_device_properties(device).total_memory
-    return gpu_memory_would_overflow(torch.cuda.memory_allocated(device), block_bytes, total)
+    return int(AUTO_CHECKPOINT_GPU_SHARE * total) - torch.cuda.memory_allocated(device)
 
 
-def gpu_memory_would_overflow(allocated: int, block_bytes: int, total: int,
-                              share: float = AUTO_CHECKPOINT_GPU_SHARE) -> bool:
-    return allocated + block_bytes > share * total
+def plan_blocks(count: int, plain_bytes: int, lean_bytes: int, budget: int,
+                lean: bool = True) -> list[bool | str]:
+    """The "auto" rule: per block of a pass, ``False`` (plain modules, activations kept),
+    ``"lean"`` (fused sub-layers, kept) or ``"full"`` (recomputed), for ``count`` blocks that keep
+    ``plain_bytes`` / ``lean_bytes`` each, within ``budget`` bytes. ``lean=False``: plain or full."""
+    if count * plain_bytes <= budget:
+        return [False] * count
+    if lean and lean_bytes < plain_bytes:
+        if count * lean_bytes <= budget:
+            n_plain = (budget - count * lean_bytes) // (plain_bytes - lean_bytes)
+            return [False] * n_plain + ["lean"] * (count - n_plain)
+        kept, mode = max(budget, 0) // lean_bytes, "lean"
+    else:
+        kept, mode = max(budget, 0) // plain_bytes, False
+    kept = min(count, kept)
+    return [mode] * kept + ["full"] * (count - kept)
 
 
-CHECKPOINT_MODES = (False, True, "full", "selective", "auto")
+def plan_pass(modes: list[bool | str], x: torch.Tensor, kept_bytes: int = 0) -> list[bool | str]:
+    """Each block's mode for one training pass on ``x`` (B, T, J, C), from the blocks' switches
+    ``modes``: fixed modes stay (``True`` is ``"full"``; ``"lean"`` is ``False`` while the fused
+    sub-layers are switched off); the "auto" blocks share what the budget leaves after
+    ``kept_bytes`` and the blocks that keep their activations by a fixed mode."""
+    lean_on = lean_activations_enabled()
+    fixed = []
+    for mode in modes:
+        if mode == "auto":
+            fixed.append(None)
+        elif mode is True:
+            fixed.append("full")
+        elif mode == "lean" and not lean_on:
+            fixed.append(False)
+        else:
+            fixed.append(mode)
+    if all(m is not None for m in fixed):
+        return fixed
+    # under autocast most stored tensors are bf16/fp16: ~3 bytes a value on average
+    bytes_per_value = 3 if x.is_cuda and torch.is_autocast_enabled("cuda") else x.element_size()
+    plain = block_activation_bytes(*x.shape, bytes_per_value=bytes_per_value, lean=False)
+    lean = block_activation_bytes(*x.shape, bytes_per_value=bytes_per_value, lean=True)
+    budget = activation_budget(x.device) - kept_bytes \
+        - sum(plain if m is False else lean if m == "lean" else 0 for m in fixed)
+    auto = iter(plan_blocks(sum(m is None for m in fixed), plain, lean, budget, lean_on))
+    return [next(auto) if m is None else m for m in fixed]
+
+
+CHECKPOINT_MODES = (False, True, "full", "selective", "lean", "auto")
 
 
 def set_activation_checkpointing(model: nn.Module, mode: bool | str) -> int:
-    """Activation checkpointing of every :class:`DualStreamBlock` in ``model``: ``False``,
-    ``True`` / ``"full"`` (keep only the block input), ``"selective"`` (keep the matmul and
-    attention outputs, recompute the rest) or ``"auto"`` (the default: full where
-    :func:`should_checkpoint`, else off); returns how many blocks were switched.
+    """Activation checkpointing of every :class:`DualStreamBlock` in ``model``: ``False`` (keep
+    every activation, plain modules), ``"lean"`` (keep them with the fused training sub-layers of
+    :mod:`dualpose.model.lean`: ~45 % less, same numbers), ``True`` / ``"full"`` (keep only the
+    block input), ``"selective"`` (keep the matmul and attention outputs, recompute the rest) or
+    ``"auto"`` (the default: :func:`plan_blocks` against :func:`activation_budget`); returns how
+    many blocks were switched.
 
-    Measured at B (T=243, batch 2, CPU; benchmarks/RESULTS-perf.md): full checkpointing of every
-    block cuts the training peak memory by ~4x for ~20% of the step time; selective saves a fifth
-    of the memory at no measurable cost; "auto" checkpoints the blocks past the memory budget."""
+    Measured at B (T=243, batch 2, CPU; benchmarks/RESULTS-perf.md): the fused sub-layers keep
+    all 16 blocks' activations in the memory the plain modules needed for 8, at no loss of
+    speed; full checkpointing cuts the training peak memory by ~2x more for ~30 % of the step
+    time."""
     if not any(mode is m if isinstance(m, bool) else mode == m for m in CHECKPOINT_MODES):
         raise ValueError(f"activation checkpointing must be one of {CHECKPOINT_MODES}, got {mode!r}")
     blocks = [m for m in model.modules() if isinstance(m, DualStreamBlock)]

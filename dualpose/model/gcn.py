@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualpose.model.lean import norm_linear
+
 
 def normalized_adjacency(adjacency: np.ndarray, self_loops: bool = False) -> torch.Tensor:
     """Symmetric normalisation ``D^-1/2 A D^-1/2`` (with ``A + I`` when ``self_loops``).
@@ -39,8 +41,24 @@ class _GraphMixer(nn.Module):
             nn.init.normal_(lin.weight, 0.0, (2.0 / dim) ** 0.5)
             nn.init.zeros_(lin.bias)
 
-    def _update(self, x: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
-        return F.relu(x + self.norm(aggregate + self.U(x)))
+    def aggregate(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The graph average of ``v = V(x)`` (both (B, T, J, C))."""
+        raise NotImplementedError
+
+    def _update(self, x: torch.Tensor, aggregate: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.norm(aggregate + u))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, J, C)
+        return self._update(x, self.aggregate(x, self.V(x)), self.U(x))
+
+    def lean_forward(self, x: torch.Tensor, norm: nn.LayerNorm, scale: torch.Tensor) -> torch.Tensor:
+        """``scale * self(norm(x))`` for a training pass: U and V in one product on ``norm(x)``,
+        which is recomputed in the backward pass instead of kept (:mod:`dualpose.model.lean`)."""
+        weight = torch.cat((self.U.weight, self.V.weight))
+        bias = torch.cat((self.U.bias, self.V.bias))
+        xn, uv = norm_linear(x, norm, weight, bias)
+        u, v = uv.split(x.shape[-1], dim=-1)
+        return scale * self._update(xn, self.aggregate(xn, v), u)
 
 
 class SpatialGCN(_GraphMixer):
@@ -51,10 +69,8 @@ class SpatialGCN(_GraphMixer):
         super().__init__(dim)
         self.register_buffer("adjacency", adjacency.clone(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, J, C)
-        v = self.V(x)
-        aggregate = torch.matmul(self.adjacency.to(v.dtype), v)  # (J, J) @ (B, T, J, C)
-        return self._update(x, aggregate)
+    def aggregate(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(self.adjacency.to(v.dtype), v)  # (J, J) @ (B, T, J, C)
 
 
 class TemporalKNNGCN(_GraphMixer):
@@ -92,25 +108,23 @@ class TemporalKNNGCN(_GraphMixer):
             similarity = similarity.masked_fill(self_pairs, float("-inf"))
             return similarity.topk(k, dim=-1).indices
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, J, C)
-        b, t, j, c = x.shape
+    def aggregate(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, t, j, _ = x.shape
+        c = v.shape[-1]
         k = self.k
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and t <= k:
             k = t - 1
         if k == 0:
-            return self._update(x, torch.zeros_like(x))
+            return torch.zeros_like(v)
         neighbours = self.neighbours(x, k)  # (B, J, T, k)
         if not self.fast_gather or torch.jit.is_tracing():  # ONNX tracing: its row offsets would be constants
-            xt = x.transpose(1, 2)
-            v = self.V(xt)  # (B, J, T, C)
-            index = neighbours.reshape(b, j, t * k, 1).expand(b, j, t * k, v.shape[-1])
-            aggregate = torch.gather(v, 2, index).reshape(b, j, t, k, v.shape[-1]).mean(dim=3)
-            return self._update(x, aggregate.transpose(1, 2))
-        v = self.V(x)  # (B, T, J, C)
+            vt = v.transpose(1, 2)  # (B, J, T, C)
+            index = neighbours.reshape(b, j, t * k, 1).expand(b, j, t * k, c)
+            aggregate = torch.gather(vt, 2, index).reshape(b, j, t, k, c).mean(dim=3)
+            return aggregate.transpose(1, 2)
         with torch.no_grad():  # flat row of token (b, frame, joint) in v.reshape(B*T*J, C)
             base = torch.arange(b, device=x.device).view(b, 1, 1, 1) * (t * j) \
                 + torch.arange(j, device=x.device).view(1, j, 1, 1)
             rows = (base + neighbours * j).permute(0, 2, 1, 3).reshape(-1)  # (B, T, J, k) order
-        gathered = v.reshape(b * t * j, v.shape[-1]).index_select(0, rows)
-        aggregate = gathered.view(b, t, j, k, v.shape[-1]).mean(dim=3)
-        return self._update(x, aggregate)
+        gathered = v.reshape(b * t * j, c).index_select(0, rows)
+        return gathered.view(b, t, j, k, c).mean(dim=3)
