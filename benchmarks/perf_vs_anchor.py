@@ -37,7 +37,11 @@ from other jobs on a shared machine falls on both alike:
   fused one the training loop builds;
 - ``after-plainacts`` (training, only with ``--figures``): the plain modules, which keep every
   activation autograd saves, instead of the fused training sub-layers of ``dualpose.model.lean``
-  (``set_lean_activations(False)``; "auto" checkpointing then budgets with the plain size).
+  (``set_lean_activations(False)``; "auto" checkpointing then budgets with the plain size);
+- ``after-tcmalloc``, ``before-tcmalloc``, ``after-plainacts-tcmalloc`` (training, only with
+  ``--figures``): the same, in a process started with gperftools' tcmalloc preloaded
+  (``LD_PRELOAD``), as the ``dualpose`` training commands re-execute themselves where it is
+  installed (``dualpose.train.allocator``); the anchors' figures used glibc's allocator.
 
 ``--figures`` replaces the plan, e.g. ``--figures B:train:before,after,after-selective,after-nockpt``
 (variant:mode[batch]:sides; mode ``train``, ``infer1`` or ``infer8``).
@@ -125,7 +129,7 @@ def measure(side: str, variant: str, mode: str, batch: int, warmup: int, repeats
         for module in model.modules():
             if isinstance(module, TemporalKNNGCN):
                 module.fast_gather = False
-    if side == "after-plainacts":  # the fused sub-layers that keep fewer activations off
+    if side.startswith("after-plainacts"):  # the fused sub-layers that keep fewer activations off
         from dualpose.model.lean import set_lean_activations
         set_lean_activations(False)
     if side == "after-sdpa":  # SDPA for every sequence length (the CPU explicit path off)
@@ -176,6 +180,13 @@ def run_one(side: str, variant: str, mode: str, batch: int, code_dir: Path, wait
     if wait_policy:
         env["OMP_WAIT_POLICY"] = wait_policy
     env.pop("DUALPOSE_ATTENTION", None)  # the automatic choice is what is measured
+    env.pop("LD_PRELOAD", None)
+    if side.endswith("-tcmalloc"):  # what the dualpose training commands do where tcmalloc is installed
+        from dualpose.train.allocator import find_tcmalloc
+        library = find_tcmalloc()
+        if library is None:
+            raise SystemExit(f"side {side}: tcmalloc is not installed (apt-get install libtcmalloc-minimal4)")
+        env["LD_PRELOAD"] = library
     cmd = [sys.executable, str(Path(__file__).resolve()), "one", "--side", side, "--variant", variant,
            "--mode", mode, "--batch", str(batch), "--warmup", str(warmup), "--repeats", str(repeats),
            "--budget", str(budget)]
@@ -199,7 +210,8 @@ def figures_plan(variants: list[str]) -> list[tuple[str, str, int, list[str]]]:
 
 SIDES = ("before", "after", "after-malloc-tuned", "after-nockpt", "after-fullckpt", "after-fullckpt-malloc-tuned",
          "after-selective", "after-sdpa", "after-plaingather", "after-compiled", "after-frozen", "after-frametable",
-         "after-noframe", "after-rotary", "after-relative", "after-plainadam", "after-plainacts")
+         "after-noframe", "after-rotary", "after-relative", "after-plainadam", "after-plainacts", "after-tcmalloc", "before-tcmalloc",
+         "after-plainacts-tcmalloc")
 SIDE_LABELS = {"before": "before", "after": "after", "after-malloc-tuned": "after, malloc tuned",
                "after-fullckpt": "after, full ckpt", "after-fullckpt-malloc-tuned": "after, full ckpt + malloc tuned",
                "after-nockpt": "after, no ckpt",
@@ -208,7 +220,8 @@ SIDE_LABELS = {"before": "before", "after": "after", "after-malloc-tuned": "afte
                "after-frozen": "after, compiled + frozen", "after-frametable": "after, learned frame table",
                "after-noframe": "after, no frame signal", "after-rotary": "after, rotary frame embedding",
                "after-relative": "after, relative frame bias", "after-plainadam": "after, plain AdamW",
-               "after-plainacts": "after, plain activations"}
+               "after-plainacts": "after, plain activations", "after-tcmalloc": "after, tcmalloc",
+               "before-tcmalloc": "before, tcmalloc", "after-plainacts-tcmalloc": "after, plain activations, tcmalloc"}
 
 
 def parse_figures(specs: list[str]) -> list[tuple[str, str, int, list[str]]]:
@@ -372,7 +385,7 @@ def main() -> None:
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="dualpose-before-") as tmp:
         code = {side: REPO for side in SIDES}
-        code["before"] = before_tree(Path(tmp))
+        code["before"] = code["before-tcmalloc"] = before_tree(Path(tmp))
         plan = parse_figures(args.figures) if args.figures else figures_plan(args.variants)
         for variant, mode, batch, sides in plan:
             if time.perf_counter() - t0 > args.max_minutes * 60:

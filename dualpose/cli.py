@@ -556,8 +556,14 @@ def models_restore(version: str = typer.Argument(..., help="Version id to make t
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    from dualpose.train.allocator import reexec_under_tcmalloc
+
+    reexec_under_tcmalloc(sys.argv[1:])  # training on the CPU: tcmalloc when installed (allocator.py)
     app()
 
 
 if __name__ == "__main__":  # ``accelerate launch -m dualpose.cli ...``
+    from dualpose.train.allocator import reexec_under_tcmalloc
+
+    reexec_under_tcmalloc(sys.argv[1:])
     sys.exit(app())

@@ -21,4 +21,11 @@ if ! python -c "import torch" 2>/dev/null; then
   fi
 fi
 python -m pip install -q -e ".[dev]"
+# CPU training runs under tcmalloc when it is installed (dualpose/train/allocator.py: B trains in
+# ~25 % less memory than with glibc's heap, as fast). Best effort: root on Debian/Ubuntu only.
+if ! python -c "import sys; from dualpose.train.allocator import find_tcmalloc; sys.exit(find_tcmalloc() is None)" \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) \
+    || echo "note: could not install libtcmalloc-minimal4; CPU training uses the C library's allocator"
+fi
 echo "installed: $(python -c 'import dualpose, torch; print("dualpose", dualpose.__version__, "torch", torch.__version__)')"

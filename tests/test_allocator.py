@@ -65,3 +65,55 @@ def test_no_tuning_off_linux(monkeypatch):
     monkeypatch.setattr(allocator.sys, "platform", "darwin")
     monkeypatch.setattr(allocator, "_applied", None)
     assert allocator.tune_cpu_allocator() is False
+
+
+def test_tcmalloc_is_chosen_for_training_commands_only():
+    found = lambda: "libtcmalloc_minimal.so.4"  # noqa: E731
+    env = allocator.tcmalloc_environment("finetune", {"PATH": "/bin"}, finder=found)
+    if not sys.platform.startswith("linux"):
+        assert env is None
+        return
+    assert env["LD_PRELOAD"] == "libtcmalloc_minimal.so.4" and env["PATH"] == "/bin"
+    assert env["DUALPOSE_ALLOCATOR_PRELOADED"] == "libtcmalloc_minimal.so.4"  # no second re-execution
+    assert allocator.tcmalloc_environment("run", {"LD_PRELOAD": "libfoo.so"}, finder=found)["LD_PRELOAD"] \
+        == "libtcmalloc_minimal.so.4 libfoo.so"  # an existing preload is kept
+    for command, environ in [("evaluate", {}), ("predict", {}), (None, {}),
+                             ("finetune", {"DUALPOSE_ALLOCATOR": "system"}),
+                             ("finetune", {"DUALPOSE_MALLOC_TUNING": "1"}),  # glibc's setting chosen
+                             ("finetune", {"DUALPOSE_ALLOCATOR_PRELOADED": "libtcmalloc_minimal.so.4"}),
+                             ("pretrain", {"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"})]:
+        assert allocator.tcmalloc_environment(command, environ, finder=found) is None, (command, environ)
+    assert allocator.tcmalloc_environment("finetune", {}, finder=lambda: None) is None  # not installed
+    with pytest.raises(ValueError, match="DUALPOSE_ALLOCATOR must be auto, tcmalloc or system, got 'jemalloc'"):
+        allocator.tcmalloc_environment("finetune", {"DUALPOSE_ALLOCATOR": "jemalloc"}, finder=found)
+
+
+def test_command_of_skips_options():
+    assert allocator.command_of(["finetune", "-o", "a=1"]) == "finetune"
+    assert allocator.command_of(["--help"]) is None
+    assert allocator.command_of([]) is None
+
+
+@pytest.mark.skipif(allocator.find_tcmalloc() is None or not sys.platform.startswith("linux"),
+                    reason="tcmalloc is not installed (Debian/Ubuntu: apt-get install libtcmalloc-minimal4)")
+def test_training_process_reexecutes_itself_under_tcmalloc(tmp_path):
+    """A training command replaces its process by itself with tcmalloc preloaded, once; others
+    keep the C library's allocator."""
+    script = tmp_path / "fake_cli.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from dualpose.train.allocator import active_allocator, reexec_under_tcmalloc
+        reexec_under_tcmalloc(sys.argv[1:])
+        print(sys.argv[1:], active_allocator())
+    """))
+
+    def run(*args, **env):
+        import os
+
+        environ = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "DUALPOSE_ALLOCATOR_PRELOADED")}
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True,
+                              env={**environ, **env}).stdout.strip()
+
+    assert run("finetune", "-o", "x=1") == "['finetune', '-o', 'x=1'] tcmalloc"
+    assert run("evaluate") == "['evaluate'] system"
+    assert run("finetune", DUALPOSE_ALLOCATOR="system") == "['finetune'] system"

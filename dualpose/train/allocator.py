@@ -55,3 +55,75 @@ def tune_cpu_allocator(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
         return False
     _applied = threshold
     return True
+
+
+# --- tcmalloc for CPU training ------------------------------------------------------------------
+# glibc's heap also fragments without the threshold setting: B at T = 243 (batch 2, every block's
+# activations kept with the fused sub-layers) peaks at 4.6 GB of RSS for ~3.2 GB of live tensors.
+# gperftools' tcmalloc (size classes, freed pages reused, not returned) peaks at 3.5 GB and trains
+# as fast or faster (benchmarks/RESULTS-perf.md, "Fused training sub-layers"). It can only be
+# chosen before the process starts, so the ``dualpose`` training commands re-execute themselves
+# once with it preloaded when it is installed (Debian/Ubuntu: libtcmalloc-minimal4), as Intel's
+# CPU launchers for PyTorch do. ``DUALPOSE_ALLOCATOR=system`` keeps the C library's allocator.
+
+TRAINING_COMMANDS = frozenset({"pretrain", "finetune", "run"})
+TCMALLOC_LIBRARIES = ("tcmalloc_minimal", "tcmalloc")
+_PRELOADED_MARK = "DUALPOSE_ALLOCATOR_PRELOADED"
+
+
+def find_tcmalloc() -> str | None:
+    """The tcmalloc shared library the dynamic loader would find (a name for LD_PRELOAD), or None."""
+    for name in TCMALLOC_LIBRARIES:
+        found = ctypes.util.find_library(name)
+        if found:
+            return found
+    return None
+
+
+def tcmalloc_environment(command: str | None, environ: dict[str, str],
+                         finder=find_tcmalloc) -> dict[str, str] | None:
+    """The environment to re-execute training ``command`` under tcmalloc, or None to run as is:
+    not a training command, not Linux, ``DUALPOSE_ALLOCATOR`` not ``auto`` (the default) or
+    ``tcmalloc``, the glibc threshold setting chosen (``DUALPOSE_MALLOC_TUNING=1``), tcmalloc
+    already preloaded, or not installed."""
+    choice = environ.get("DUALPOSE_ALLOCATOR", "auto")
+    if choice not in ("auto", "tcmalloc", "system"):
+        raise ValueError(f"DUALPOSE_ALLOCATOR must be auto, tcmalloc or system, got {choice!r}")
+    if (command not in TRAINING_COMMANDS or choice == "system" or not sys.platform.startswith("linux")
+            or environ.get("DUALPOSE_MALLOC_TUNING") == "1" or environ.get(_PRELOADED_MARK)
+            or "tcmalloc" in environ.get("LD_PRELOAD", "")):
+        return None
+    library = finder()
+    if library is None:
+        if choice == "tcmalloc":
+            log.warning("DUALPOSE_ALLOCATOR=tcmalloc, but no tcmalloc library was found "
+                        "(Debian/Ubuntu: apt-get install libtcmalloc-minimal4); using the C library's")
+        return None
+    preload = " ".join(p for p in (library, environ.get("LD_PRELOAD", "")) if p)
+    return {**environ, "LD_PRELOAD": preload, _PRELOADED_MARK: library}
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The ``dualpose`` subcommand in ``argv`` (the first argument that is not an option)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def reexec_under_tcmalloc(argv: list[str]) -> None:
+    """Replace this process by the same command with tcmalloc preloaded, when
+    :func:`tcmalloc_environment` says so; otherwise return. Call before any work is done."""
+    env = tcmalloc_environment(command_of(argv), dict(os.environ))
+    if env is None:
+        return
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def active_allocator() -> str:
+    """``"tcmalloc"`` when this process runs with it preloaded, else ``"system"``."""
+    try:
+        maps = open("/proc/self/maps").read()
+    except OSError:
+        return "system"
+    return "tcmalloc" if "tcmalloc" in maps else "system"

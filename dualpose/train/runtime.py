@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -16,10 +17,12 @@ def make_accelerator(grad_accum: int):
 
     kwargs = {}
     if not torch.cuda.is_available():
-        from dualpose.train.allocator import tune_cpu_allocator
+        from dualpose.train.allocator import active_allocator, tune_cpu_allocator
 
         kwargs["cpu"] = True
         tune_cpu_allocator()  # opt-in (DUALPOSE_MALLOC_TUNING=1): less memory, slower (allocator.py)
+        logging.getLogger(__name__).info("CPU allocator: %s (DUALPOSE_ALLOCATOR=system|tcmalloc; allocator.py)",
+                                         active_allocator())
     return Accelerator(gradient_accumulation_steps=grad_accum,
                        dataloader_config=DataLoaderConfiguration(split_batches=False), **kwargs)
 
