@@ -56,19 +56,26 @@ class _Lin:
 def test_norm_linear_and_scaled_linear_pass_gradcheck_in_float64():
     norm, fc1, _, scale = _layers(dtype=torch.float64)
     x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
 
-    def both_outputs(x, lw, lb, w, b):  # the normalised tokens are used too (the graph update)
+    def two_linears(x, lw, lb, w, b, w2):  # the graph mixers' U and V; the normalised tokens used too
         norm.weight, norm.bias = lw, lb
-        xn, y = norm_linear(x, norm, w, b)
-        return xn * 0.7, y
+        xn, y, y2 = norm_linear(x, norm, _Lin(w, b), _Lin(w2))
+        return xn * 0.7, y, y2
 
-    assert torch.autograd.gradcheck(both_outputs, (x, norm.weight, norm.bias, fc1.weight, fc1.bias))
+    assert torch.autograd.gradcheck(two_linears, (x, norm.weight, norm.bias, fc1.weight, fc1.bias, w2))
 
     def projection_only(x, lw, lb, w):  # the attention's qkv: no bias, xn unused
         norm.weight, norm.bias = lw, lb
-        return norm_linear(x, norm, w)[1]
+        return norm_linear(x, norm, _Lin(w))[1]
 
     assert torch.autograd.gradcheck(projection_only, (x, norm.weight, norm.bias, fc1.weight))
+
+    def second_output_unused(x, lw, lb, w, b, w2):  # gradients reach only some outputs
+        norm.weight, norm.bias = lw, lb
+        return norm_linear(x, norm, _Lin(w, b), _Lin(w2))[1]
+
+    assert torch.autograd.gradcheck(second_output_unused, (x, norm.weight, norm.bias, fc1.weight, fc1.bias, w2))
     a = torch.randn(4, 10, dtype=torch.float64, requires_grad=True)
     lin = nn.Linear(10, 6).to(torch.float64)
     assert torch.autograd.gradcheck(lambda a, w, b, s: scaled_linear(a, _Lin(w, b), s),

@@ -155,7 +155,7 @@ class AxisAttention(nn.Module):
     def lean_forward(self, x: torch.Tensor, norm: nn.LayerNorm, scale: torch.Tensor) -> torch.Tensor:
         """``scale * self(norm(x))`` for a training pass, keeping neither ``norm(x)`` nor the
         output for the backward pass (:mod:`dualpose.model.lean`)."""
-        _, qkv = norm_linear(x, norm, self.qkv.weight)
+        _, qkv = norm_linear(x, norm, self.qkv)
         return scaled_linear(self.attend_heads(qkv), self.proj, scale)
 
     def attend_heads(self, qkv: torch.Tensor) -> torch.Tensor:

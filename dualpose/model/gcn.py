@@ -52,12 +52,9 @@ class _GraphMixer(nn.Module):
         return self._update(x, self.aggregate(x, self.V(x)), self.U(x))
 
     def lean_forward(self, x: torch.Tensor, norm: nn.LayerNorm, scale: torch.Tensor) -> torch.Tensor:
-        """``scale * self(norm(x))`` for a training pass: U and V in one product on ``norm(x)``,
-        which is recomputed in the backward pass instead of kept (:mod:`dualpose.model.lean`)."""
-        weight = torch.cat((self.U.weight, self.V.weight))
-        bias = torch.cat((self.U.bias, self.V.bias))
-        xn, uv = norm_linear(x, norm, weight, bias)
-        u, v = uv.split(x.shape[-1], dim=-1)
+        """``scale * self(norm(x))`` for a training pass: ``norm(x)`` is recomputed in the backward
+        pass instead of kept (:mod:`dualpose.model.lean`)."""
+        xn, u, v = norm_linear(x, norm, self.U, self.V)
         return scale * self._update(xn, self.aggregate(xn, v), u)
 
 

@@ -9,8 +9,8 @@ the backward pass from the same inputs with the same kernels:
 - :func:`norm_mlp`: keeps x and the fc1 output (5C); LayerNorm and GELU are recomputed, and the
   layer scale's gradient comes from fc2's weight-gradient product (``sum_k G_ik W_ik + b_i g_i``
   with ``G = grad^T gelu(h)``) instead of the stored output.
-- :func:`norm_linear`: LayerNorm + one Linear (the attention's qkv, the graph mixers' U and V
-  in one product) keeping x instead of the normalised tokens; also returns the normalised tokens
+- :func:`norm_linear`: LayerNorm + Linear layers on its output (the attention's qkv, the graph
+  mixers' U and V) keeping x instead of the normalised tokens; also returns the normalised tokens
   for mixers that need them in the forward pass (the graph update's residual).
 - :func:`scaled_linear`: ``ls * Linear(a)`` (the attention's output projection) without keeping
   its output.
@@ -33,6 +33,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 _enabled = os.environ.get("DUALPOSE_LEAN_ACTIVATIONS", "1") != "0"
 
@@ -76,33 +77,46 @@ def _layer_norm_backward(grad_xn, x, mean, rstd, weight, bias):
                                                      [True, weight is not None, bias is not None])
 
 
+def _weight_grad(inputs: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``grad^T @ inputs`` over the flattened tokens, computed as autograd's Linear does
+    (``(inputs^T @ grad)^T``: 10-20 % faster than the other operand order on tall operands)."""
+    return (_flat(inputs).t() @ _flat(grad)).t()
+
+
 class _NormLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, ln_weight, ln_bias, eps, weight, bias):
+    def forward(ctx, x, ln_weight, ln_bias, eps, *linears):
         ctx.set_materialize_grads(False)
         xn = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
         dtype = _compute_dtype(x)
-        y = F.linear(xn.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
-        ctx.save_for_backward(x, ln_weight, ln_bias, weight)
-        ctx.eps, ctx.dtype, ctx.has_bias = eps, dtype, bias is not None
-        return xn, y
+        xc = xn.to(dtype)
+        weights, biases = linears[0::2], linears[1::2]
+        ys = [F.linear(xc, w.to(dtype), None if b is None else b.to(dtype)) for w, b in zip(weights, biases)]
+        ctx.save_for_backward(x, ln_weight, ln_bias, *weights)
+        ctx.eps, ctx.dtype, ctx.has_bias = eps, dtype, [b is not None for b in biases]
+        return (xn, *ys)
 
     @staticmethod
-    def backward(ctx, grad_xn, grad_y):
-        x, ln_weight, ln_bias, weight = ctx.saved_tensors
+    def backward(ctx, grad_xn, *grad_ys):
+        x, ln_weight, ln_bias, *weights = ctx.saved_tensors
+        dtype = ctx.dtype
         xn, mean, rstd = _layer_norm_stats(x, ln_weight, ln_bias, ctx.eps)
-        grad_weight = grad_bias = None
+        xc = xn.to(dtype)
         total = grad_xn
-        if grad_y is not None:
-            g = _flat(grad_y).to(ctx.dtype)
-            grad_weight = (g.t() @ _flat(xn).to(ctx.dtype)).to(weight.dtype)
-            grad_bias = g.sum(0).to(weight.dtype) if ctx.has_bias else None
-            through_linear = (g @ weight.to(ctx.dtype)).view(x.shape).to(xn.dtype)
-            total = through_linear if total is None else total + through_linear
+        linear_grads: list[torch.Tensor | None] = []
+        for weight, has_bias, grad_y in zip(weights, ctx.has_bias, grad_ys):
+            if grad_y is None:
+                linear_grads += [None, None]
+                continue
+            g = grad_y.to(dtype)
+            linear_grads.append(_weight_grad(xc, g).to(weight.dtype))
+            linear_grads.append(_flat(g).sum(0).to(weight.dtype) if has_bias else None)
+            through = (g @ weight.to(dtype)).to(xn.dtype)
+            total = through if total is None else total + through
         if total is None:
-            return None, None, None, None, grad_weight, grad_bias
+            return (None, None, None, None, *linear_grads)
         grad_x, grad_ln_w, grad_ln_b = _layer_norm_backward(total, x, mean, rstd, ln_weight, ln_bias)
-        return grad_x, grad_ln_w, grad_ln_b, None, grad_weight, grad_bias
+        return (grad_x, grad_ln_w, grad_ln_b, None, *linear_grads)
 
 
 class _NormMLP(torch.autograd.Function):
@@ -123,7 +137,7 @@ class _NormMLP(torch.autograd.Function):
         g = _flat(grad_out)
         a = _flat(F.gelu(h)).to(dtype)
         g_sum = g.sum(0, dtype=torch.float32)
-        product = g.to(dtype).t() @ a  # grad^T gelu(h): fc2's weight gradient before the layer scale
+        product = _weight_grad(a, g.to(dtype))  # grad^T gelu(h): fc2's weight gradient before the layer scale
         grad_w2 = (scale[:, None] * product.to(w2.dtype)).to(w2.dtype)
         grad_b2 = (scale * g_sum).to(b2.dtype)
         grad_scale = ((product.to(torch.float32) * w2.to(torch.float32)).sum(1)
@@ -132,7 +146,7 @@ class _NormMLP(torch.autograd.Function):
         grad_h = torch.ops.aten.gelu_backward(grad_a.view(h.shape).to(h.dtype), h)
         xn, mean, rstd = _layer_norm_stats(x, ln_weight, ln_bias, ctx.eps)
         gh = _flat(grad_h).to(dtype)
-        grad_w1 = (gh.t() @ _flat(xn).to(dtype)).to(w1.dtype)
+        grad_w1 = _weight_grad(xn.to(dtype), gh).to(w1.dtype)
         grad_b1 = gh.sum(0).to(w1.dtype)
         grad_xn = (gh @ w1.to(dtype)).view(x.shape).to(xn.dtype)
         grad_x, grad_ln_w, grad_ln_b = _layer_norm_backward(grad_xn, x, mean, rstd, ln_weight, ln_bias)
@@ -154,7 +168,7 @@ class _ScaledLinear(torch.autograd.Function):
         dtype = ctx.dtype
         g = _flat(grad_out)
         g_sum = g.sum(0, dtype=torch.float32)
-        product = g.to(dtype).t() @ _flat(a).to(dtype)
+        product = _weight_grad(a.to(dtype), g.to(dtype))
         grad_weight = (scale[:, None] * product.to(weight.dtype)).to(weight.dtype)
         grad_bias = (scale * g_sum).to(bias.dtype)
         grad_scale = ((product.to(torch.float32) * weight.to(torch.float32)).sum(1)
@@ -163,10 +177,10 @@ class _ScaledLinear(torch.autograd.Function):
         return grad_a, grad_weight, grad_bias, grad_scale
 
 
-def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm, weight: torch.Tensor,
-                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(norm(x), F.linear(norm(x), weight, bias))``, keeping only ``x`` for the backward pass."""
-    return _NormLinear.apply(x, norm.weight, norm.bias, norm.eps, weight, bias)
+def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm, *linears: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """``(norm(x), linear_1(norm(x)), ...)``, keeping only ``x`` for the backward pass."""
+    params = [t for lin in linears for t in (lin.weight, lin.bias)]
+    return _NormLinear.apply(x, norm.weight, norm.bias, norm.eps, *params)
 
 
 def norm_mlp(x: torch.Tensor, norm: torch.nn.LayerNorm, fc1: torch.nn.Linear, fc2: torch.nn.Linear,
