@@ -249,4 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from dualpose.train.allocator import reexec_under_tcmalloc
+
+    reexec_under_tcmalloc(sys.argv[1:])  # CPU training under tcmalloc when installed, as the CLI
     sys.exit(main())

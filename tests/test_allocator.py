@@ -49,6 +49,7 @@ def test_freed_large_blocks_go_back_to_the_os():
             t = torch.ones(2**21)
             if i % 2:
                 keep.append(t)
+        tail = torch.ones(2**21)  # still live: the heap cannot give its freed middle back by trimming its top
         del keep, t
         print(round(rss() - before))
     """
@@ -56,8 +57,8 @@ def test_freed_large_blocks_go_back_to_the_os():
                            check=True).stdout.strip()
     default = subprocess.run([sys.executable, "-c", textwrap.dedent(code), "default"], capture_output=True,
                              text=True, check=True).stdout.strip()
-    assert int(tuned) < 20, tuned  # MB still resident after everything was freed
-    assert int(default) > int(tuned)
+    assert int(tuned) < 20, tuned  # MB still resident after everything but one block was freed
+    assert int(default) > int(tuned) + 40, (default, tuned)  # glibc's heap keeps freed 8 MB blocks resident
 
 
 def test_no_tuning_off_linux(monkeypatch):
@@ -67,7 +68,7 @@ def test_no_tuning_off_linux(monkeypatch):
     assert allocator.tune_cpu_allocator() is False
 
 
-def test_tcmalloc_is_chosen_for_training_commands_only():
+def test_tcmalloc_is_chosen_for_the_commands_that_run_the_model():
     found = lambda: "libtcmalloc_minimal.so.4"  # noqa: E731
     env = allocator.tcmalloc_environment("finetune", {"PATH": "/bin"}, finder=found)
     if not sys.platform.startswith("linux"):
@@ -77,7 +78,9 @@ def test_tcmalloc_is_chosen_for_training_commands_only():
     assert env["DUALPOSE_ALLOCATOR_PRELOADED"] == "libtcmalloc_minimal.so.4"  # no second re-execution
     assert allocator.tcmalloc_environment("run", {"LD_PRELOAD": "libfoo.so"}, finder=found)["LD_PRELOAD"] \
         == "libtcmalloc_minimal.so.4 libfoo.so"  # an existing preload is kept
-    for command, environ in [("evaluate", {}), ("predict", {}), (None, {}),
+    for command in ("pretrain", "run", "evaluate", "predict", "infer"):
+        assert allocator.tcmalloc_environment(command, {}, finder=found) is not None, command
+    for command, environ in [("prepare", {}), ("weights", {}), ("models", {}), (None, {}),
                              ("finetune", {"DUALPOSE_ALLOCATOR": "system"}),
                              ("finetune", {"DUALPOSE_MALLOC_TUNING": "1"}),  # glibc's setting chosen
                              ("finetune", {"DUALPOSE_ALLOCATOR_PRELOADED": "libtcmalloc_minimal.so.4"}),
@@ -97,8 +100,8 @@ def test_command_of_skips_options():
 @pytest.mark.skipif(allocator.find_tcmalloc() is None or not sys.platform.startswith("linux"),
                     reason="tcmalloc is not installed (Debian/Ubuntu: apt-get install libtcmalloc-minimal4)")
 def test_training_process_reexecutes_itself_under_tcmalloc(tmp_path):
-    """A training command replaces its process by itself with tcmalloc preloaded, once; others
-    keep the C library's allocator."""
+    """A command that runs the model replaces its process by itself with tcmalloc preloaded,
+    once; others keep the C library's allocator."""
     script = tmp_path / "fake_cli.py"
     script.write_text(textwrap.dedent("""
         import sys
@@ -115,5 +118,5 @@ def test_training_process_reexecutes_itself_under_tcmalloc(tmp_path):
                               env={**environ, **env}).stdout.strip()
 
     assert run("finetune", "-o", "x=1") == "['finetune', '-o', 'x=1'] tcmalloc"
-    assert run("evaluate") == "['evaluate'] system"
+    assert run("prepare") == "['prepare'] system"
     assert run("finetune", DUALPOSE_ALLOCATOR="system") == "['finetune'] system"

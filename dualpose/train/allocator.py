@@ -1,4 +1,8 @@
-"""CPU training memory: stop glibc's heap from keeping the activations of a freed step.
+"""CPU training memory: stop the C library's heap from keeping the activations of a freed step.
+
+Two settings: by default the commands that run the model re-execute themselves under tcmalloc where it is
+installed (:func:`reexec_under_tcmalloc`, below); ``DUALPOSE_MALLOC_TUNING=1`` instead fixes
+glibc's mmap threshold (:func:`tune_cpu_allocator`: the least memory, half the speed).
 
 A training step allocates and frees hundreds of megabytes of activation tensors. glibc serves
 large blocks with ``mmap`` and returns them on ``free``, but after the first such free it raises
@@ -62,11 +66,14 @@ def tune_cpu_allocator(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
 # activations kept with the fused sub-layers) peaks at 4.6 GB of RSS for ~3.2 GB of live tensors.
 # gperftools' tcmalloc (size classes, freed pages reused, not returned) peaks at 3.5 GB and trains
 # as fast or faster (benchmarks/RESULTS-perf.md, "Fused training sub-layers"). It can only be
-# chosen before the process starts, so the ``dualpose`` training commands re-execute themselves
+# chosen before the process starts, so the ``dualpose`` commands that run the model (training,
+# evaluation, inference) re-execute themselves
 # once with it preloaded when it is installed (Debian/Ubuntu: libtcmalloc-minimal4), as Intel's
 # CPU launchers for PyTorch do. ``DUALPOSE_ALLOCATOR=system`` keeps the C library's allocator.
 
-TRAINING_COMMANDS = frozenset({"pretrain", "finetune", "run"})
+# the commands that run the model (inference allocates many small tensors too: XS inference at
+# batch 8 ran 1.41x faster under tcmalloc, benchmarks/RESULTS-perf.md, "lean-infer")
+MODEL_COMMANDS = frozenset({"pretrain", "finetune", "run", "evaluate", "predict", "infer"})
 TCMALLOC_LIBRARIES = ("tcmalloc_minimal", "tcmalloc")
 _PRELOADED_MARK = "DUALPOSE_ALLOCATOR_PRELOADED"
 
@@ -82,14 +89,14 @@ def find_tcmalloc() -> str | None:
 
 def tcmalloc_environment(command: str | None, environ: dict[str, str],
                          finder=find_tcmalloc) -> dict[str, str] | None:
-    """The environment to re-execute training ``command`` under tcmalloc, or None to run as is:
-    not a training command, not Linux, ``DUALPOSE_ALLOCATOR`` not ``auto`` (the default) or
+    """The environment to re-execute ``command`` under tcmalloc, or None to run as is: not a
+    command that runs the model, not Linux, ``DUALPOSE_ALLOCATOR`` not ``auto`` (the default) or
     ``tcmalloc``, the glibc threshold setting chosen (``DUALPOSE_MALLOC_TUNING=1``), tcmalloc
     already preloaded, or not installed."""
     choice = environ.get("DUALPOSE_ALLOCATOR", "auto")
     if choice not in ("auto", "tcmalloc", "system"):
         raise ValueError(f"DUALPOSE_ALLOCATOR must be auto, tcmalloc or system, got {choice!r}")
-    if (command not in TRAINING_COMMANDS or choice == "system" or not sys.platform.startswith("linux")
+    if (command not in MODEL_COMMANDS or choice == "system" or not sys.platform.startswith("linux")
             or environ.get("DUALPOSE_MALLOC_TUNING") == "1" or environ.get(_PRELOADED_MARK)
             or "tcmalloc" in environ.get("LD_PRELOAD", "")):
         return None
