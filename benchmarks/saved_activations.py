@@ -23,25 +23,11 @@ import torch
 
 from dualpose.model import build_spec
 from dualpose.model.backbone import DualPoseBackbone
+from dualpose.model.info import saved_activation_bytes
 from dualpose.model.lean import set_lean_activations
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_BATCH = {"XS": 4, "S": 4, "B": 2, "L": 2}  # as benchmarks/perf_vs_anchor.py
-
-
-def saved_bytes(block: torch.nn.Module, x: torch.Tensor) -> int:
-    excluded = {p.untyped_storage().data_ptr() for p in block.parameters()} | {x.untyped_storage().data_ptr()}
-    kept: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        key = t.untyped_storage().data_ptr()
-        if key not in excluded:
-            kept[key] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        block(x)
-    return sum(kept.values())
 
 
 def measure(variant: str) -> dict:
@@ -55,7 +41,7 @@ def measure(variant: str) -> dict:
     for label, lean in (("plain", False), ("fused", True)):
         set_lean_activations(lean)
         block.checkpoint = "lean" if lean else False
-        nbytes = saved_bytes(block, x)
+        nbytes = saved_activation_bytes(block, x)
         row[f"{label}_mib_per_block"] = round(nbytes / 2**20, 1)
         row[f"{label}_c_per_token"] = round(nbytes / unit, 2)
     set_lean_activations(True)

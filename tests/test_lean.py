@@ -14,6 +14,7 @@ from torch import nn
 
 from dualpose.model import DualPoseLifter, build_spec
 from dualpose.model.blocks import DualStreamBlock, set_activation_checkpointing
+from dualpose.model.info import saved_activation_bytes
 from dualpose.model.lean import (lean_activations_enabled, norm_linear, norm_mlp, scaled_linear,
                                  set_lean_activations)
 
@@ -129,23 +130,6 @@ def test_block_with_fused_sub_layers_matches_the_plain_block(mode, frames):
         _assert_close(grads2[name], grads[name], msg=name)
 
 
-def _saved_bytes(block, x):
-    """Bytes of the tensors autograd keeps for the backward pass of one block (its input and
-    parameters excluded), counted once per storage."""
-    excluded = {p.untyped_storage().data_ptr() for p in block.parameters()} | {x.untyped_storage().data_ptr()}
-    kept = {}
-
-    def pack(t):
-        key = t.untyped_storage().data_ptr()
-        if key not in excluded:
-            kept[key] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        block(x)
-    return sum(kept.values())
-
-
 def test_fused_sub_layers_keep_about_half_the_activations():
     """Known counts (C-wide tensors per token; this block: 4 heads, explicit attention over 27
     frames): 58.3 plain, 34.1 fused. (B at T = 243, SDPA over frames: 69.3 and 37.3,
@@ -154,13 +138,13 @@ def test_fused_sub_layers_keep_about_half_the_activations():
     x = torch.randn(1, 27, 17, 32, requires_grad=True)
     unit = x.numel() * 4
     block.checkpoint = False
-    plain = _saved_bytes(block, x) / unit
+    plain = saved_activation_bytes(block, x) / unit
     block.checkpoint = "lean"
-    fused = _saved_bytes(block, x) / unit
+    fused = saved_activation_bytes(block, x) / unit
     assert 57.5 < plain < 59
     assert 33.5 < fused < 35
     block.checkpoint = "full"
-    assert _saved_bytes(block, x) == 0  # a recomputed block keeps only its input
+    assert saved_activation_bytes(block, x) == 0  # a recomputed block keeps only its input
 
 
 def test_inference_and_the_switch_take_the_plain_modules():

@@ -122,3 +122,20 @@ def format_model_info(rows: list[dict[str, Any]]) -> str:
     lines.append("MACs: linear layers (the reference's convention); all MACs: plus attention and graph "
                  "matmuls (FlopCounterMode). Batch 1, one clip of T frames.")
     return "\n".join(lines)
+
+
+def saved_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of ``module(x)`` (saved-tensor
+    hooks, each storage counted once; ``x`` and the module's parameters excluded)."""
+    excluded = {p.untyped_storage().data_ptr() for p in module.parameters()} | {x.untyped_storage().data_ptr()}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = t.untyped_storage().data_ptr()
+        if key not in excluded:
+            kept[key] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(kept.values())
