@@ -555,7 +555,7 @@ def models_restore(version: str = typer.Argument(..., help="Version id to make t
     _run(body)
 
 
-def main() -> None:  # pragma: no cover - console entry point
+def main() -> None:  # pragma: no cover - console entry point (pyproject [project.scripts])
     from dualpose.train.allocator import reexec_under_tcmalloc
 
     reexec_under_tcmalloc(sys.argv[1:])  # training on the CPU: tcmalloc when installed (allocator.py)

@@ -120,3 +120,22 @@ def test_training_process_reexecutes_itself_under_tcmalloc(tmp_path):
     assert run("finetune", "-o", "x=1") == "['finetune', '-o', 'x=1'] tcmalloc"
     assert run("prepare") == "['prepare'] system"
     assert run("finetune", DUALPOSE_ALLOCATOR="system") == "['finetune'] system"
+
+
+def test_the_console_command_goes_through_the_reexecuting_entry_point(monkeypatch):
+    """``dualpose`` starts at ``dualpose.cli:main``, which offers the command to the re-execution
+    before the Typer app runs it."""
+    from pathlib import Path
+
+    import tomllib
+
+    from dualpose import cli
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["dualpose"] == "dualpose.cli:main"
+    calls = []
+    monkeypatch.setattr(allocator, "reexec_under_tcmalloc", lambda argv: calls.append(("reexec", list(argv))))
+    monkeypatch.setattr(cli, "app", lambda: calls.append(("app",)))
+    monkeypatch.setattr(sys, "argv", ["dualpose", "finetune", "-o", "x=1"])
+    cli.main()
+    assert calls == [("reexec", ["finetune", "-o", "x=1"]), ("app",)]

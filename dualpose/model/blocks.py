@@ -126,7 +126,7 @@ class DualStreamBlock(nn.Module):
 # "auto" plans each training pass against a memory budget for the activations its blocks keep.
 # A block keeps about 85 C-wide tensors per token with the plain modules (an upper estimate: 70.3
 # measured at B, block input included; benchmarks/saved_activations.py) and about 45 with the
-# fused training sub-layers of dualpose.model.lean (38.3 measured). Every block keeps its
+# fused training sub-layers of dualpose.model.lean (38.2 measured). Every block keeps its
 # activations with the plain modules while all of them fit (they are faster on small shapes:
 # XS training ~10 % on 2 CPU cores); if not, as many as fit keep theirs with the plain modules
 # and the rest with the fused sub-layers (no slower at B); if even those do not all fit, the
