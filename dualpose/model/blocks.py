@@ -103,7 +103,7 @@ class DualStreamBlock(nn.Module):
         :meth:`resolve_checkpoint`. A recomputed block runs the fused sub-layers too (the
         recomputation's own activations are the peak of its backward pass)."""
         mode = self.resolve_checkpoint(x) if checkpoint_mode is None else checkpoint_mode
-        lean = mode is not False and lean_activations_enabled()
+        lean = mode is not False  # use_lean() still honours the process-wide switch
         if mode is False or mode == "lean":
             return self._forward(x, lean)
         if mode == "selective":
@@ -125,7 +125,7 @@ class DualStreamBlock(nn.Module):
 
 # "auto" plans each training pass against a memory budget for the activations its blocks keep.
 # A block keeps about 85 C-wide tensors per token with the plain modules (an upper estimate: 70.3
-# measured at B, block input included; benchmarks/saved_activations.py) and about 45 with the
+# measured at B, block input not counted; benchmarks/saved_activations.py) and about 45 with the
 # fused training sub-layers of dualpose.model.lean (38.2 measured). Every block keeps its
 # activations with the plain modules while all of them fit (they are faster on small shapes:
 # XS training ~10 % on 2 CPU cores); if not, as many as fit keep theirs with the plain modules

@@ -15,8 +15,8 @@ the backward pass from the same inputs with the same kernels:
 - :func:`scaled_linear`: ``ls * Linear(a)`` (the attention's output projection) without keeping
   its output.
 
-At B (T = 243) a dual-stream block keeps 70.7 C-wide tensors per token with the plain modules and
-38.7 with these (``benchmarks/saved_activations.py``). The backward pass recomputes 8 LayerNorms
+At B (T = 243) a dual-stream block keeps 70.3 C-wide tensors per token with the plain modules and
+38.2 with these, its input not counted (``benchmarks/saved_activations.py``). The backward pass recomputes 8 LayerNorms
 and 4 GELUs per block (elementwise work, no extra matrix product). Gradients equal the plain
 modules' to fp32 rounding (``tests/test_lean.py``). They are used only by a training pass that
 records gradients, eagerly: inference, ONNX export and ``torch.compile`` (whose partitioner
@@ -83,6 +83,21 @@ def _weight_grad(inputs: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return (_flat(inputs).t() @ _flat(grad)).t()
 
 
+def _scaled_linear_backward(grad_out, a, weight, bias, scale, dtype):
+    """Gradients of ``scale * (a W^T + b)`` without its output: the scale's gradient is
+    ``sum_k G_ik W_ik + b_i g_i`` with ``G = grad^T a`` (the weight gradient before the scale).
+    Returns (grad_a flattened to tokens, grad_weight, grad_bias, grad_scale)."""
+    g = _flat(grad_out)
+    g_sum = g.sum(0, dtype=torch.float32)
+    product = _weight_grad(a, g.to(dtype))
+    grad_weight = (scale[:, None] * product.to(weight.dtype)).to(weight.dtype)
+    grad_bias = (scale * g_sum).to(bias.dtype)
+    grad_scale = ((product.to(torch.float32) * weight.to(torch.float32)).sum(1)
+                  + bias.to(torch.float32) * g_sum).to(scale.dtype)
+    grad_a = (g * scale.to(g.dtype)).to(dtype) @ weight.to(dtype)
+    return grad_a, grad_weight, grad_bias, grad_scale
+
+
 class _NormLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, ln_weight, ln_bias, eps, *linears):
@@ -134,15 +149,8 @@ class _NormMLP(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, h, ln_weight, ln_bias, w1, w2, b2, scale = ctx.saved_tensors
         dtype = ctx.dtype
-        g = _flat(grad_out)
-        a = _flat(F.gelu(h)).to(dtype)
-        g_sum = g.sum(0, dtype=torch.float32)
-        product = _weight_grad(a, g.to(dtype))  # grad^T gelu(h): fc2's weight gradient before the layer scale
-        grad_w2 = (scale[:, None] * product.to(w2.dtype)).to(w2.dtype)
-        grad_b2 = (scale * g_sum).to(b2.dtype)
-        grad_scale = ((product.to(torch.float32) * w2.to(torch.float32)).sum(1)
-                      + b2.to(torch.float32) * g_sum).to(scale.dtype)
-        grad_a = (g * scale.to(g.dtype)).to(dtype) @ w2.to(dtype)
+        grad_a, grad_w2, grad_b2, grad_scale = _scaled_linear_backward(
+            grad_out, F.gelu(h).to(dtype), w2, b2, scale, dtype)  # gelu(h) recomputed, not kept
         grad_h = torch.ops.aten.gelu_backward(grad_a.view(h.shape).to(h.dtype), h)
         xn, mean, rstd = _layer_norm_stats(x, ln_weight, ln_bias, ctx.eps)
         gh = _flat(grad_h).to(dtype)
@@ -165,16 +173,9 @@ class _ScaledLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         a, weight, bias, scale = ctx.saved_tensors
-        dtype = ctx.dtype
-        g = _flat(grad_out)
-        g_sum = g.sum(0, dtype=torch.float32)
-        product = _weight_grad(a.to(dtype), g.to(dtype))
-        grad_weight = (scale[:, None] * product.to(weight.dtype)).to(weight.dtype)
-        grad_bias = (scale * g_sum).to(bias.dtype)
-        grad_scale = ((product.to(torch.float32) * weight.to(torch.float32)).sum(1)
-                      + bias.to(torch.float32) * g_sum).to(scale.dtype)
-        grad_a = ((g * scale.to(g.dtype)).to(dtype) @ weight.to(dtype)).view(a.shape).to(a.dtype)
-        return grad_a, grad_weight, grad_bias, grad_scale
+        grad_a, grad_weight, grad_bias, grad_scale = _scaled_linear_backward(
+            grad_out, a.to(ctx.dtype), weight, bias, scale, ctx.dtype)
+        return grad_a.view(a.shape).to(a.dtype), grad_weight, grad_bias, grad_scale
 
 
 def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm, *linears: nn.Linear) -> tuple[torch.Tensor, ...]:
