@@ -5,6 +5,7 @@ Run on a CUDA machine (issue 11, item 3)::
 
     python benchmarks/gpu_perf.py --out gpu_perf.json                 # XS, B and L
     python benchmarks/gpu_perf.py --variants B --budget 120 --out b.json
+    python benchmarks/gpu_perf.py --plan mfu --budget 300 --out mfu.json   # issue 11's headline figures first
 
 What each figure is:
 
@@ -244,10 +245,33 @@ def plan(variants: list[str], batch_override: dict[str, int]) -> list[tuple]:
     return out
 
 
+# issue 11's GPU goal is bf16 MFU >= 40 % for B and L at T = 243: larger batches than the full plan's
+MFU_BATCH = {"XS": 256, "B": 32, "L": 32}
+
+
+def mfu_plan(variants: list[str], batch_override: dict[str, int]) -> list[tuple]:
+    """The headline figures first, for a short lease: per variant (B and L before XS), bf16
+    training eager then compiled at an MFU-sized batch, then the TF32 eager step."""
+    order = [v for v in ("B", "L", "XS") if v in variants]
+    out = []
+    for v in order:
+        b = batch_override.get(v, MFU_BATCH[v])
+        out += [("time", v, b, "bf16", False, False, "train"), ("time", v, b, "bf16", False, True, "train")]
+    for v in order:
+        out.append(("time", v, batch_override.get(v, MFU_BATCH[v]), "fp32", False, False, "train"))
+    return out
+
+
+PLANS = {"full": plan, "mfu": mfu_plan}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", nargs="+", default=list(DEFAULT_PLAN), choices=list(DEFAULT_PLAN))
     ap.add_argument("--batch", nargs="*", default=[], help="VARIANT=BATCH for the timed comparisons")
+    ap.add_argument("--plan", choices=sorted(PLANS), default="full",
+                    help="full: every comparison (eager first, compiled last); mfu: bf16 eager and compiled "
+                         "training at MFU-sized batches first (B, L, then XS)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--budget", type=float, default=600.0, help="seconds for the whole run")
     ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak (default: datasheet)")
@@ -271,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         args.out.write_text(json.dumps(result, indent=2, default=float))
 
-    for kind, v, b, prec, ckpt, compiled, mode in plan(args.variants, overrides):
+    for kind, v, b, prec, ckpt, compiled, mode in PLANS[args.plan](args.variants, overrides):
         label = f"{kind} {v} bs{b} {prec} ckpt={ckpt} compiled={compiled} {mode}"
         if time.monotonic() > deadline:
             result["skipped"].append(label)
