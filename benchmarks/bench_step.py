@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import resource
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def extract_package(rev: str, target: Path) -> None:
+    """The ``dualpose`` package of git revision ``rev`` into ``target/dualpose`` (``git archive``)."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "dualpose"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
 
 
 def rss_mib() -> float:

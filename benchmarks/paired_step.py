@@ -35,16 +35,16 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_step import REPO, extract_package  # noqa: E402
+
 BASE_PACKAGE = "dualpose_base"
 DEFAULT_BATCH = {"train": {"XS": 4, "S": 4, "B": 2, "L": 2}, "infer": {"XS": 1, "S": 1, "B": 1, "L": 1}}
 
 
 def extract_base(rev: str, root: Path) -> None:
     """``git archive REV dualpose`` into ``root/dualpose_base`` with its imports renamed."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "dualpose"], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    extract_package(rev, root)
     (root / "dualpose").rename(root / BASE_PACKAGE)
     pattern = re.compile(r"\bdualpose(?=[.\s]|$)", re.MULTILINE)
     for path in (root / BASE_PACKAGE).rglob("*.py"):
@@ -98,26 +98,28 @@ def main() -> None:
             return (model(x) - y).norm(dim=-1).mean()
 
         if args.mode == "train":
-            base.train(), tree.train()
+            base.train()
+            tree.train()
             loss_base, loss_tree = loss_of(base), loss_of(tree)
-            loss_base.backward(), loss_tree.backward()
+            loss_base.backward()
+            loss_tree.backward()
             grad_diff = max(((a.grad - b.grad).abs().max() / a.grad.abs().max().clamp_min(1e-12)).item()
                             for a, b in zip(base.parameters(), tree.parameters()) if a.grad is not None)
             check = {"loss_abs_diff": abs(loss_base.item() - loss_tree.item()), "max_rel_grad_diff": grad_diff}
         else:
-            base.eval(), tree.eval()
+            base.eval()
+            tree.eval()
             with torch.no_grad():
                 check = {"max_abs_output_diff": (base(x) - tree(x)).abs().max().item()}
         print("equivalence:", check, flush=True)
 
         def step_of(model, autocast: bool = False):
-            params = list(model.parameters())
             if args.mode == "infer":
                 def infer() -> None:
                     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
                         model(x)
                 return infer
-            optimizer = build_optimizer(params, OptimConfig(lr=5e-4, weight_decay=0.01))
+            optimizer = build_optimizer(model.parameters(), OptimConfig(lr=5e-4, weight_decay=0.01))
 
             def train() -> None:
                 optimizer.zero_grad(set_to_none=True)

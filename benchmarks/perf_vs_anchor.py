@@ -67,7 +67,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step import model_step, rss_mib  # noqa: E402
+from bench_step import extract_package, model_step, rss_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BEFORE_COMMIT = "f5dad27"
@@ -166,9 +166,7 @@ def before_tree(root: Path) -> Path:
     target = root / f"dualpose-{BEFORE_COMMIT}"
     if not (target / "dualpose" / "__init__.py").exists():
         target.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE_COMMIT, "dualpose"],
-                                 check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        extract_package(BEFORE_COMMIT, target)
     return target
 
 
