@@ -39,6 +39,37 @@ def median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> float
     return statistics.median(times)
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """Lower and upper quartile (both the value itself for a single one)."""
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return q[0], q[2]
+
+
+def alternate(steps: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of every call of two steps run alternately, ``warmup`` untimed pairs first; the
+    order flips every round, so neither side always runs on the other's caches or heat."""
+    names = list(steps)
+    if len(names) != 2:
+        raise ValueError(f"alternate() takes two steps, got {names}")
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            steps[name]()
+            seconds[name].append(time.perf_counter() - t0)
+    return seconds
+
+
+def paired_speedup(base: list[float], tree: list[float]) -> tuple[float, float, float]:
+    """Median and quartiles of the per-round ratios ``base / tree`` (> 1: ``tree`` is faster)."""
+    ratios = [b / t for b, t in zip(base, tree)]
+    low, high = quartiles(ratios)
+    return statistics.median(ratios), low, high
+
+
 def model_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str,
                optimizer: torch.optim.Optimizer | None = None) -> Callable[[], None]:
     """``mode="infer"``: a no-grad forward in eval mode; otherwise forward + backward + optimiser

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step import REPO, extract_package  # noqa: E402
+from bench_step import REPO, alternate, extract_package, paired_speedup, quartiles  # noqa: E402,F401
 
 BASE_PACKAGE = "dualpose_base"
 DEFAULT_BATCH = {"train": {"XS": 4, "S": 4, "B": 2, "L": 2}, "infer": {"XS": 1, "S": 1, "B": 1, "L": 1}}
@@ -50,11 +50,6 @@ def extract_base(rev: str, root: Path) -> None:
     for path in (root / BASE_PACKAGE).rglob("*.py"):
         text = path.read_text()
         path.write_text(pattern.sub(BASE_PACKAGE, text))
-
-
-def quartiles(values: list[float]) -> tuple[float, float]:
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return q[0], q[2]
 
 
 def main() -> None:
@@ -134,19 +129,10 @@ def main() -> None:
         elif args.tree_compile == "model":
             tree = torch.compile(tree)
         steps = {"base": step_of(base), "tree": step_of(tree, args.tree_autocast == "bf16")}
-        for _ in range(args.warmup):
-            for step in steps.values():
-                step()
-        seconds: dict[str, list[float]] = {"base": [], "tree": []}
         started = time.time()
-        for r in range(args.rounds):
-            for name in (("base", "tree") if r % 2 == 0 else ("tree", "base")):
-                t0 = time.perf_counter()
-                steps[name]()
-                seconds[name].append(time.perf_counter() - t0)
+        seconds = alternate(steps, args.rounds, args.warmup)
 
-    ratios = [b / t for b, t in zip(seconds["base"], seconds["tree"])]
-    low, high = quartiles(ratios)
+    speedup, low, high = paired_speedup(seconds["base"], seconds["tree"])
     frames = batch * spec.T
     result = {
         "base": args.base, "tree": subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
@@ -159,7 +145,7 @@ def main() -> None:
         "load_at_end": os.getloadavg(), "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)),
         "equivalence": check,
         "frames_per_s": {name: frames / statistics.median(s) for name, s in seconds.items()},
-        "speedup_median": statistics.median(ratios), "speedup_quartiles": [low, high],
+        "speedup_median": speedup, "speedup_quartiles": [low, high],
         "seconds": seconds,
     }
     fps = result["frames_per_s"]
