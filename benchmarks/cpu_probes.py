@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import REPO, alternate, paired_speedup  # noqa: E402
@@ -162,11 +163,37 @@ def mpjpe(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).norm(dim=-1).mean()
 
 
+class OperatorCount(TorchDispatchMode):
+    """Counts the ATen operators dispatched inside the ``with`` block (views and copies included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.matrix_products = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.total += 1
+        self.matrix_products += func.__name__.split(".")[0] in MATRIX_PRODUCTS
+        return func(*args, **(kwargs or {}))
+
+
+MATRIX_PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "addmv", "mv", "matmul"}
+
+
+def operators_of(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """ATen operators (all, and matrix products) of one no-grad call of ``model`` on ``x``."""
+    count = OperatorCount()
+    with torch.no_grad(), count:
+        model(x)
+    return {"operators": count.total, "matrix_products": count.matrix_products}
+
+
 def probe_fold(model: DualPoseLifter, x: torch.Tensor) -> tuple[dict, dict[str, Callable[[], None]]]:
     folded = folded_model(model)
     model.eval()
     with torch.no_grad():
-        check = {"max_abs_output_diff": (model(x) - folded(x)).abs().max().item()}
+        check = {"max_abs_output_diff": (model(x) - folded(x)).abs().max().item(),
+                 "plain": operators_of(model, x), "lever": operators_of(folded, x)}
 
     def step_of(m: nn.Module) -> Callable[[], None]:
         def step() -> None:

@@ -72,3 +72,15 @@ def test_thread_split_reraises_a_worker_error():
     wrong = torch.randn(2, 9, model.spec.num_joints, 7)  # no broadcast with 3 output channels
     with pytest.raises(RuntimeError):
         probes.split_training_pass(model, x, wrong, probes.mpjpe)
+
+
+def test_folding_dispatches_fewer_operators_and_matrix_products():
+    model = _perturbed_model({}).eval()
+    x = torch.randn(1, 9, model.spec.num_joints, model.spec.in_channels)
+    plain = probes.operators_of(model, x)
+    folded = probes.operators_of(probes.folded_model(model), x)
+    # per block: one LayerNorm and two products fewer on the shared input, one in the temporal
+    # graph; the fusion's linear layer becomes two matrix-vector products
+    assert folded["matrix_products"] == plain["matrix_products"] - 2 * model.spec.depth
+    assert folded["operators"] < plain["operators"]
+    assert plain["matrix_products"] > 0
