@@ -22,6 +22,29 @@ def extract_package(rev: str, target: Path) -> None:
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
 
 
+def run_context() -> dict:
+    """What a results record names about the run: this checkout's commit and the machine."""
+    import os
+    import platform
+
+    import torch
+
+    code = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
+                          text=True).stdout.strip()
+    machine = (f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+               f"torch {torch.__version__}")
+    return {"code": code, "machine": machine, "allocator_preload": os.environ.get("LD_PRELOAD", "")}
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Append ``record`` to the JSON list in ``path`` (created if missing)."""
+    import json
+
+    existing = json.loads(path.read_text()) if path.exists() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(existing + [record], indent=1) + "\n")
+
+
 def rss_mib() -> float:
     """Peak resident memory of this process in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step import REPO, paired_speedup, rss_mib  # noqa: E402
+from bench_step import REPO, append_record, paired_speedup, rss_mib, run_context  # noqa: E402
 
 DEFAULT_BATCH = {"XS": 4, "S": 4, "B": 2, "L": 2}
 
@@ -132,15 +131,9 @@ def main() -> None:
             print(f"round {r + 1} {config}: {result['frames_per_s']:.1f} frames/s", flush=True)
     step_s = {config: [run["median_step_s"] for run in results] for config, results in runs.items()}
     speedup, low, high = paired_speedup(step_s["threads"], step_s["processes"])
-    import torch
-
     summary = {
         "variant": args.variant, "global_batch": batch, "n": args.processes, "rounds": args.rounds,
-        "steps_per_launch": args.steps, "allocator_preload": os.environ.get("LD_PRELOAD", ""),
-        "code": subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                               capture_output=True, text=True).stdout.strip(),
-        "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"torch {torch.__version__}",
+        "steps_per_launch": args.steps, **run_context(),
         "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)), "load_at_end": os.getloadavg(),
         "frames_per_s": {config: statistics.median(run["frames_per_s"] for run in results)
                          for config, results in runs.items()},
@@ -151,9 +144,7 @@ def main() -> None:
           f"{args.processes} processes x 1 thread {fps['processes']:.1f} frames/s; paired speed-up {speedup:.3f} "
           f"(quartiles {low:.3f}-{high:.3f}, {args.rounds} rounds)")
     if args.json:
-        existing = json.loads(args.json.read_text()) if args.json.exists() else []
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(existing + [summary], indent=1) + "\n")
+        append_record(args.json, summary)
 
 
 if __name__ == "__main__":

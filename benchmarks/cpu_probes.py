@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -43,7 +40,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step import REPO, alternate, paired_speedup  # noqa: E402
+from bench_step import REPO, alternate, append_record, paired_speedup, run_context  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from dualpose.model import DualPoseLifter, build_spec  # noqa: E402
@@ -257,11 +254,7 @@ def main() -> None:
     frames = batch * spec.T
     result = {
         "probe": args.probe, "variant": args.variant, "batch": batch, "T": spec.T, "rounds": args.rounds,
-        "threads": args.threads, "allocator_preload": os.environ.get("LD_PRELOAD", ""),
-        "code": subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                               capture_output=True, text=True).stdout.strip(),
-        "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"torch {torch.__version__}",
+        "threads": args.threads, **run_context(),
         "load_at_end": os.getloadavg(), "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)),
         "equivalence": check,
         "frames_per_s": {name: frames / statistics.median(s) for name, s in seconds.items()},
@@ -271,9 +264,7 @@ def main() -> None:
     print(f"{args.probe} {args.variant} batch {batch}: plain {fps['plain']:.1f} frames/s, lever {fps['lever']:.1f} "
           f"frames/s; paired speed-up {speedup:.3f} (quartiles {low:.3f}-{high:.3f}, {args.rounds} rounds)")
     if args.json:
-        existing = json.loads(args.json.read_text()) if args.json.exists() else []
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(existing + [result], indent=1) + "\n")
+        append_record(args.json, result)
 
 
 if __name__ == "__main__":

@@ -26,17 +26,15 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step import REPO, alternate, extract_package, paired_speedup, quartiles  # noqa: E402,F401
+from bench_step import REPO, alternate, extract_package, paired_speedup, quartiles, run_context  # noqa: E402,F401
 
 BASE_PACKAGE = "dualpose_base"
 DEFAULT_BATCH = {"train": {"XS": 4, "S": 4, "B": 2, "L": 2}, "infer": {"XS": 1, "S": 1, "B": 1, "L": 1}}
@@ -134,14 +132,12 @@ def main() -> None:
 
     speedup, low, high = paired_speedup(seconds["base"], seconds["tree"])
     frames = batch * spec.T
+    context = run_context()
     result = {
-        "base": args.base, "tree": subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                                                  capture_output=True, text=True).stdout.strip(),
+        "base": args.base, "tree": context["code"],
         "variant": args.variant, "mode": args.mode, "batch": batch, "T": spec.T, "rounds": args.rounds,
         "tree_compile": args.tree_compile, "tree_autocast": args.tree_autocast,
-        "threads": args.threads, "allocator_preload": os.environ.get("LD_PRELOAD", ""),
-        "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"torch {torch.__version__}",
+        "threads": args.threads, "allocator_preload": context["allocator_preload"], "machine": context["machine"],
         "load_at_end": os.getloadavg(), "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)),
         "equivalence": check,
         "frames_per_s": {name: frames / statistics.median(s) for name, s in seconds.items()},
