@@ -10,6 +10,8 @@
   pass of half the batch with one intra-op thread (gradients accumulate into the shared
   parameters), against one pass over the whole batch with two intra-op threads. The samples are
   independent (LayerNorm, no BatchNorm), so the gradients are the same.
+- ``thread-split-inference``: the same split for a no-grad forward pass (the video path's
+  batches of windows), outputs concatenated.
 
 Both check first that they compute what the plain model computes, then alternate the two steps
 (order flipped every round) and report the median per-round speed-up with its quartiles. Neither
@@ -128,24 +130,22 @@ def folded_model(model: DualPoseLifter) -> DualPoseLifter:
     return folded
 
 
-def split_training_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-    """Forward and backward of two batch halves in two threads with one intra-op thread each;
-    each half's loss is weighted by its share of the batch, so the summed gradients are those of
-    the whole batch's mean loss."""
-    halves = [(x[:len(x) // 2], y[:len(x) // 2]), (x[len(x) // 2:], y[len(x) // 2:])]
+def on_two_threads(fn: Callable[..., torch.Tensor | None], halves: list[tuple]) -> list[torch.Tensor | None]:
+    """``fn(*half)`` for each half in its own Python thread, with one intra-op thread each (the
+    process's thread count is restored after); a worker's exception is re-raised here."""
+    results: list[torch.Tensor | None] = [None] * len(halves)
     errors: list[BaseException] = []
 
-    def run(xs: torch.Tensor, ys: torch.Tensor) -> None:
+    def run(index: int, half: tuple) -> None:
         try:
-            (loss_fn(model(xs), ys) * (len(xs) / len(x))).backward()
+            results[index] = fn(*half)
         except BaseException as error:  # re-raised in the caller
             errors.append(error)
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        workers = [threading.Thread(target=run, args=half) for half in halves]
+        workers = [threading.Thread(target=run, args=(i, half)) for i, half in enumerate(halves)]
         for worker in workers:
             worker.start()
         for worker in workers:
@@ -154,6 +154,30 @@ def split_training_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         torch.set_num_threads(threads_before)
     if errors:
         raise errors[0]
+    return results
+
+
+def split_training_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """Forward and backward of two batch halves in two threads with one intra-op thread each;
+    each half's loss is weighted by its share of the batch, so the summed gradients are those of
+    the whole batch's mean loss."""
+    def half_pass(xs: torch.Tensor, ys: torch.Tensor) -> None:
+        (loss_fn(model(xs), ys) * (len(xs) / len(x))).backward()
+
+    half = len(x) // 2
+    on_two_threads(half_pass, [(x[:half], y[:half]), (x[half:], y[half:])])
+
+
+def split_inference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` without gradients, the batch's two halves in two threads of one intra-op
+    thread each (grad mode is per thread, so each worker turns it off itself)."""
+    def half_call(xs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(xs)
+
+    half = len(x) // 2
+    return torch.cat(on_two_threads(half_call, [(x[:half],), (x[half:],)]))
 
 
 def mpjpe(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -223,11 +247,22 @@ def probe_split(model: DualPoseLifter, x: torch.Tensor, y: torch.Tensor) -> tupl
     return check, {"plain": plain, "lever": lever}
 
 
+def probe_split_inference(model: DualPoseLifter, x: torch.Tensor) -> tuple[dict, dict[str, Callable[[], None]]]:
+    model.eval()
+    with torch.no_grad():
+        check = {"max_abs_output_diff": (model(x) - split_inference(model, x)).abs().max().item()}
+
+    def plain() -> None:
+        with torch.no_grad():
+            model(x)
+    return check, {"plain": plain, "lever": lambda: split_inference(model, x)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("probe", choices=["fold-inference", "thread-split"])
+    parser.add_argument("probe", choices=["fold-inference", "thread-split", "thread-split-inference"])
     parser.add_argument("--variant", default="XS", choices=["XS", "S", "B", "L"])
-    parser.add_argument("--batch", type=int, default=None, help="default: 1 (fold-inference), 4 (thread-split)")
+    parser.add_argument("--batch", type=int, default=None, help="default: 1 (fold-inference), 4 (thread-split), 8 (thread-split-inference)")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -241,12 +276,17 @@ def main() -> None:
         for parameter in model.parameters():
             parameter.add_(0.02 * torch.randn_like(parameter))
     spec = model.spec
-    batch = args.batch or (1 if args.probe == "fold-inference" else 4)
-    if args.probe == "thread-split" and batch < 2:
-        raise SystemExit("thread-split needs --batch of at least 2 (one half per thread)")
+    batch = args.batch or {"fold-inference": 1, "thread-split": 4, "thread-split-inference": 8}[args.probe]
+    if args.probe.startswith("thread-split") and batch < 2:
+        raise SystemExit(f"{args.probe} needs --batch of at least 2 (one half per thread)")
     x = torch.randn(batch, spec.T, spec.num_joints, spec.in_channels)
     y = torch.randn(batch, spec.T, spec.num_joints, spec.out_channels)
-    check, steps = probe_fold(model, x) if args.probe == "fold-inference" else probe_split(model, x, y)
+    if args.probe == "fold-inference":
+        check, steps = probe_fold(model, x)
+    elif args.probe == "thread-split":
+        check, steps = probe_split(model, x, y)
+    else:
+        check, steps = probe_split_inference(model, x)
     print("equivalence:", check, flush=True)
     started = time.time()
     seconds = alternate(steps, args.rounds, args.warmup)

@@ -84,3 +84,13 @@ def test_folding_dispatches_fewer_operators_and_matrix_products():
     assert folded["matrix_products"] == plain["matrix_products"] - 2 * model.spec.depth
     assert folded["operators"] < plain["operators"]
     assert plain["matrix_products"] > 0
+
+
+def test_thread_split_inference_gives_the_whole_batch_outputs():
+    model = _perturbed_model({}).eval()
+    x = torch.randn(5, 9, model.spec.num_joints, model.spec.in_channels)
+    with torch.no_grad():
+        expected = model(x)
+    got = probes.split_inference(model, x)
+    assert not got.requires_grad  # the workers' own no-grad mode held
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
