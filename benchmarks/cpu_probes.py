@@ -184,6 +184,9 @@ def mpjpe(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).norm(dim=-1).mean()
 
 
+MATRIX_PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "addmv", "mv", "matmul"}
+
+
 class OperatorCount(TorchDispatchMode):
     """Counts the ATen operators dispatched inside the ``with`` block (views and copies included)."""
 
@@ -196,9 +199,6 @@ class OperatorCount(TorchDispatchMode):
         self.total += 1
         self.matrix_products += func.__name__.split(".")[0] in MATRIX_PRODUCTS
         return func(*args, **(kwargs or {}))
-
-
-MATRIX_PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "addmv", "mv", "matmul"}
 
 
 def operators_of(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
@@ -226,7 +226,6 @@ def probe_fold(model: DualPoseLifter, x: torch.Tensor) -> tuple[dict, dict[str, 
 
 def probe_split(model: DualPoseLifter, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, dict[str, Callable[[], None]]]:
     model.train()
-    torch.manual_seed(1)
     mpjpe(model(x), y).backward()
     whole = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
